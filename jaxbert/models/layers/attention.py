@@ -1,0 +1,135 @@
+"""Multi-head attention with masks composed from padding / segment ids / causality.
+
+Shapes: ``b`` batch, ``q``/``k`` query and key length, ``h`` heads, ``d`` head dim.
+All masks are boolean ``[b, 1|h, q, k]`` with True = may attend.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxbert.models.layers.initializers import dense_init, zeros_init
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product_attention")
+
+
+def padding_mask(attention_mask: jax.Array) -> jax.Array:
+    """``[b, k]`` 0/1 key mask -> boolean ``[b, 1, 1, k]``."""
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+def segment_mask(q_segment_ids: jax.Array, k_segment_ids: jax.Array | None = None) -> jax.Array:
+    """Packed sequences: a token attends only to tokens of its own segment. ``[b,q],[b,k] -> [b,1,q,k]``.
+
+    Segment id 0 marks padding and attends nowhere.
+    """
+    if k_segment_ids is None:
+        k_segment_ids = q_segment_ids
+    same = q_segment_ids[:, :, None] == k_segment_ids[:, None, :]
+    valid = (k_segment_ids != 0)[:, None, :]
+    return (same & valid)[:, None, :, :]
+
+
+def causal_mask(q_len: int, k_len: int | None = None) -> jax.Array:
+    """Lower-triangular ``[1, 1, q, k]`` mask (query i sees keys <= i, aligned at the end)."""
+    k_len = q_len if k_len is None else k_len
+    q_idx = jnp.arange(q_len)[:, None] + (k_len - q_len)
+    return (jnp.arange(k_len)[None, :] <= q_idx)[None, None]
+
+
+def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
+    """Logical AND of the given masks, ignoring ``None``; broadcasting as usual."""
+    masks = [m for m in masks if m is not None]
+    if not masks:
+        return None
+    out = masks[0]
+    for m in masks[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    deterministic: bool = True,
+    implementation: str = "xla",
+) -> jax.Array:
+    """Scaled dot-product attention. ``q [b,q,h,d], k/v [b,k,h,d] -> [b,q,h,d]``.
+
+    ``implementation="xla"`` is the reference: logits and softmax in float32, then cast back.
+    ``implementation="dot_product_attention"`` calls ``jax.nn.dot_product_attention``, which
+    uses cuDNN fused attention on GPU when the mask form allows; it has no attention dropout,
+    so it is only used when dropout is off (it falls back to the reference otherwise).
+    Rows whose mask is all False (e.g. pad queries) produce a uniform average, never NaN.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; "
+                         f"known: {ATTENTION_IMPLEMENTATIONS}")
+    use_dropout = dropout_rate > 0.0 and not deterministic
+    if implementation == "dot_product_attention" and not use_dropout:
+        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+    dtype = query.dtype
+    depth = query.shape[-1]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(depth))
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    if use_dropout:
+        if dropout_rng is None:
+            raise ValueError("attention dropout needs a dropout_rng")
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with separate q/k/v projections, kernels shaped ``[embed, heads, kv]``.
+
+    The per-head kernel layout lets a ``tensor`` mesh axis shard heads without reshapes.
+    """
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    use_bias: bool = True
+    initializer_range: float = 0.02
+    implementation: str = "xla"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, bias: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        """``x [b, l, embed]``, ``mask [b, 1|h, l, l]`` -> ``[b, l, embed]``."""
+        proj = lambda name: nn.DenseGeneral(
+            features=(self.num_heads, self.head_dim),
+            use_bias=self.use_bias,
+            kernel_init=nn.with_logical_partitioning(dense_init(self.initializer_range), ("embed", "heads", "kv")),
+            bias_init=nn.with_logical_partitioning(zeros_init, ("heads", "kv")),
+            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        dropout_rng = None
+        if self.dropout_rate > 0.0 and not deterministic:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(q, k, v, mask=mask, bias=bias, dropout_rate=self.dropout_rate,
+                                    dropout_rng=dropout_rng, deterministic=deterministic,
+                                    implementation=self.implementation)
+        return nn.DenseGeneral(
+            features=x.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
+            kernel_init=nn.with_logical_partitioning(dense_init(self.initializer_range), ("heads", "kv", "embed")),
+            bias_init=nn.with_logical_partitioning(zeros_init, ("embed",)),
+            dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)

@@ -1,0 +1,134 @@
+"""Task models: a backbone (any encoder module taking ``config``) plus a head from :mod:`heads`.
+
+Every task model keeps the backbone's parameters under ``encoder/`` and its head under a
+fixed name, so optimizer masks and converters address them the same way for any architecture::
+
+    EncoderForMaskedLM                 encoder/..., mlm_head/...
+    EncoderForSequenceClassification   encoder/..., classifier/out/{kernel,bias}
+    EncoderForTokenClassification      encoder/..., classifier/out/{kernel,bias}
+    EncoderForQuestionAnswering        encoder/..., qa_head/out/{kernel,bias}
+
+All return a dict of float32 arrays (``logits``; or ``start_logits``/``end_logits``) plus
+``last_hidden_state``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from jaxbert.models.heads import ClassificationHead, MaskedLMHead, SpanHead
+
+TASKS = ("base", "mlm", "sequence_classification", "token_classification", "question_answering")
+
+
+def _classifier_dropout(cfg) -> float:
+    p = getattr(cfg, "classifier_dropout", None)
+    return cfg.hidden_dropout_prob if p is None else p
+
+
+class EncoderForMaskedLM(nn.Module):
+    """Backbone + MLM head tied to the input embeddings. ``logits [b, l, vocab]``.
+
+    ``masked_positions [b, m]`` (optional) restricts the head to those positions (``[b, m, vocab]``),
+    which saves the vocabulary projection on unmasked tokens.
+    """
+
+    config: Any
+    backbone: Any
+
+    def setup(self):
+        self.encoder = self.backbone(self.config)
+        cfg = self.config
+        self.mlm_head = MaskedLMHead(cfg.hidden_size, cfg.vocab_size, activation=cfg.hidden_act,
+                                     layer_norm_eps=cfg.layer_norm_eps, initializer_range=cfg.initializer_range,
+                                     dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 masked_positions=None, deterministic: bool = True):
+        out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids, deterministic=deterministic)
+        h = out.last_hidden_state
+        if masked_positions is not None:
+            h = jnp.take_along_axis(h, masked_positions[..., None], axis=1)
+        logits = self.mlm_head(h, self.encoder.word_embedding_table())
+        return {"logits": logits, "last_hidden_state": out.last_hidden_state}
+
+
+class EncoderForSequenceClassification(nn.Module):
+    """Backbone + pooler + classifier. ``logits [b, num_labels]`` (regression: ``num_labels=1``)."""
+
+    config: Any
+    backbone: Any
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        cfg = self.config
+        out = self.backbone(cfg, name="encoder")(input_ids, attention_mask, token_type_ids, position_ids,
+                                                 deterministic=deterministic)
+        pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+        logits = ClassificationHead(self.num_labels, _classifier_dropout(cfg), cfg.initializer_range,
+                                    cfg.compute_dtype, cfg.storage_dtype, name="classifier")(pooled, deterministic)
+        return {"logits": logits, "last_hidden_state": out.last_hidden_state}
+
+
+class EncoderForTokenClassification(nn.Module):
+    """Backbone + per-token classifier. ``logits [b, l, num_labels]``."""
+
+    config: Any
+    backbone: Any
+    num_labels: int = 2
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        cfg = self.config
+        out = self.backbone(cfg, name="encoder")(input_ids, attention_mask, token_type_ids, position_ids,
+                                                 deterministic=deterministic)
+        logits = ClassificationHead(self.num_labels, _classifier_dropout(cfg), cfg.initializer_range,
+                                    cfg.compute_dtype, cfg.storage_dtype, name="classifier")(
+            out.last_hidden_state, deterministic)
+        return {"logits": logits, "last_hidden_state": out.last_hidden_state}
+
+
+class EncoderForQuestionAnswering(nn.Module):
+    """Backbone + span head. ``start_logits, end_logits [b, l]``."""
+
+    config: Any
+    backbone: Any
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        cfg = self.config
+        out = self.backbone(cfg, name="encoder")(input_ids, attention_mask, token_type_ids, position_ids,
+                                                 deterministic=deterministic)
+        start, end = SpanHead(cfg.initializer_range, cfg.compute_dtype, cfg.storage_dtype, name="qa_head")(
+            out.last_hidden_state)
+        return {"start_logits": start, "end_logits": end, "last_hidden_state": out.last_hidden_state}
+
+
+def build_task_model(config: Any, backbone: Any, task: str = "base", num_labels: int | None = None) -> nn.Module:
+    """The Linen module for ``task`` on ``backbone``. ``base`` returns the bare backbone.
+
+    MLM and QA backbones are built without the pooler (as transformers does).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {TASKS}")
+    if task == "base":
+        return backbone(config)
+    if task in ("mlm", "question_answering", "token_classification") and getattr(config, "add_pooling_layer", False):
+        config = config.replace(add_pooling_layer=False)
+    if task == "mlm":
+        return EncoderForMaskedLM(config, backbone)
+    if task == "question_answering":
+        return EncoderForQuestionAnswering(config, backbone)
+    if num_labels is None or num_labels < 1:
+        raise ValueError(f"task {task!r} needs num_labels >= 1, got {num_labels}")
+    if task == "sequence_classification":
+        return EncoderForSequenceClassification(config, backbone, num_labels)
+    return EncoderForTokenClassification(config, backbone, num_labels)
