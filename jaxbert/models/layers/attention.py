@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxbert.models.layers.initializers import dense_init, zeros_init
+from jaxbert.models.layers.linear import DenseND
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product_attention")
 
@@ -114,11 +114,9 @@ class MultiHeadAttention(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, bias: jax.Array | None = None,
                  deterministic: bool = True) -> jax.Array:
         """``x [b, l, embed]``, ``mask [b, 1|h, l, l]`` -> ``[b, l, embed]``."""
-        proj = lambda name: nn.DenseGeneral(
-            features=(self.num_heads, self.head_dim),
-            use_bias=self.use_bias,
-            kernel_init=nn.with_logical_partitioning(dense_init(self.initializer_range), ("embed", "heads", "kv")),
-            bias_init=nn.with_logical_partitioning(zeros_init, ("heads", "kv")),
+        proj = lambda name: DenseND(
+            features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
+            bias_axes=("heads", "kv"), use_bias=self.use_bias, initializer_range=self.initializer_range,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
@@ -128,8 +126,7 @@ class MultiHeadAttention(nn.Module):
         out = dot_product_attention(q, k, v, mask=mask, bias=bias, dropout_rate=self.dropout_rate,
                                     dropout_rng=dropout_rng, deterministic=deterministic,
                                     implementation=self.implementation)
-        return nn.DenseGeneral(
-            features=x.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
-            kernel_init=nn.with_logical_partitioning(dense_init(self.initializer_range), ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(zeros_init, ("embed",)),
+        return DenseND(
+            features=(x.shape[-1],), kernel_axes=("heads", "kv", "embed"), bias_axes=("embed",), contract_dims=2,
+            use_bias=self.use_bias, initializer_range=self.initializer_range,
             dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)

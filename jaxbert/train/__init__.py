@@ -1,0 +1,1 @@
+"""Training: mesh + logical axis rules, train state, optimizers from config (optim), loop, checkpointing."""
