@@ -202,3 +202,15 @@ def read_st_pooling(path: str | os.PathLike) -> tuple[str | tuple[str, ...], boo
                                       f"(path {entry.get('path')!r}); jaxbert supports Transformer, "
                                       "Pooling and Normalize modules")
     return mode, normalize, max_seq_length
+
+
+def st_transformer_dir(path: str | os.PathLike) -> Path:
+    """Directory of the HF model inside a sentence-transformers dir (the Transformer module's path).
+
+    Usually the directory itself (``"path": ""``); older exports use ``0_Transformer/``.
+    """
+    path = Path(path)
+    for entry in read_st_modules(path):
+        if _module_kind(entry) == "Transformer":
+            return path / entry.get("path", "")
+    raise ValueError(f"{path}/modules.json has no Transformer module")

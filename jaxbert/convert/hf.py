@@ -299,15 +299,20 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
                 report.unexpected.append(key)
             continue
         path, rule = target
-        converted[path] = (key, rule.transform.to_jax(np.asarray(value), config))
+        value = np.asarray(value)
+        try:
+            arr = rule.transform.to_jax(value, config)
+        except ValueError:  # a reshaping transform (q/k/v, attention out) cannot take this shape
+            arr = None
+        converted[path] = (key, arr, tuple(value.shape))
 
     flat_template = {"/".join(k): v for k, v in traverse_util.flatten_dict(template).items()}
     out = {}
     for path, tmpl in flat_template.items():
         if path in converted:
-            key, arr = converted.pop(path)
-            if tuple(arr.shape) != tuple(tmpl.shape):
-                report.mismatched.append((path, tuple(arr.shape), tuple(tmpl.shape)))
+            key, arr, hf_shape = converted.pop(path)
+            if arr is None or tuple(arr.shape) != tuple(tmpl.shape):
+                report.mismatched.append((path, hf_shape if arr is None else tuple(arr.shape), tuple(tmpl.shape)))
                 out[path] = tmpl
             else:
                 out[path] = arr.astype(tmpl.dtype)
@@ -318,7 +323,7 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
             report.initialized.append(path)
             out[path] = tmpl
     # Converted keys with no place in this model (e.g. the pooler when loading an MLM model).
-    report.ignored.extend(key for key, _ in converted.values())
+    report.ignored.extend(key for key, _, _ in converted.values())
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise CheckpointMismatchError("checkpoint does not match the model:\n" + report.problems())
     params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})

@@ -1,0 +1,283 @@
+"""Sentence embeddings from a BERT-family checkpoint: the JAX counterpart of ``SentenceTransformer``.
+
+::
+
+    from jaxbert import SentenceEncoder
+    enc = SentenceEncoder.from_pretrained(jaxbert.assets.fetch("minilm"))
+    emb = enc.encode(["A man is eating food.", "A man is riding a horse."])  # [2, 384] float32
+    vec = enc.encode("one sentence")                                           # [384]
+
+How :meth:`SentenceEncoder.encode` batches (the shapes ``jit`` sees):
+
+1. All texts are tokenized once (fast tokenizer, truncation at ``max_length``), then sorted by
+   token count, longest first, so each batch holds sequences of similar length.
+2. Each batch is padded on the right to the smallest *length bucket* >= its longest sequence.
+   Buckets (:func:`length_buckets`): multiples of 16 up to 128, of 32 up to 512, of 128 beyond,
+   each capped at ``max_length``, plus ``max_length`` itself. For ``max_length=256`` that is 12
+   buckets: 16 32 48 64 80 96 112 128 160 192 224 256.
+3. Full batches have exactly ``batch_size`` rows. Only the last batch (the shortest texts) can
+   be partial; its rows are padded to the next *row bucket* (:func:`row_buckets`): powers of
+   two below ``batch_size``, and ``batch_size`` itself (1 2 4 8 16 32 64 for 64), so encoding a
+   single query costs one row, not 64.
+
+So ``jit`` compiles at most ``len(length_buckets) x len(row_buckets)`` shapes per
+``(batch_size, normalize)`` pair over the encoder's life (12 x 7 = 84 for MiniLM at batch 64),
+and one ``encode`` call compiles at most ``len(length_buckets) + 1`` new shapes (the full-batch
+bucket lengths it meets, plus the partial last batch). Compiled shapes are cached on the
+instance. The jitted function is the whole path: encoder -> pooling (float32) -> optional L2
+normalisation, so each batch returns only ``[rows, dim]``.
+
+Batches are dispatched without waiting for results (JAX dispatch is asynchronous); results are
+copied back to the host with a lag of a few batches, so host-side batch preparation overlaps
+device compute and there is no host sync per batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from jaxbert.pooling import check_mode, l2_normalize, pool, read_st_pooling, st_transformer_dir
+
+# Options accepted by ``from_pretrained(**options)`` -> allowed values.
+_OPTIONS = {
+    "dtype": ("float32", "bfloat16"),
+    "attention_implementation": ("xla", "dot_product_attention"),
+}
+_IN_FLIGHT = 8  # batches dispatched ahead of the host copy-back
+
+
+def length_buckets(max_length: int) -> list[int]:
+    """Padded sequence lengths used by :meth:`SentenceEncoder.encode` for a given ``max_length``."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    steps = [*range(16, 129, 16), *range(160, 513, 32), *range(640, max(max_length, 640) + 1, 128)]
+    return sorted({b for b in steps if b < max_length} | {max_length})
+
+
+def row_buckets(batch_size: int) -> list[int]:
+    """Padded batch sizes for the last (partial) batch: powers of two < ``batch_size``, and ``batch_size``."""
+    out, r = [], 1
+    while r < batch_size:
+        out.append(r)
+        r *= 2
+    return out + [batch_size]
+
+
+def _smallest_at_least(buckets: Sequence[int], n: int) -> int:
+    return buckets[int(np.searchsorted(buckets, n))]
+
+
+def _embed(params, input_ids, attention_mask, *, model, mode, normalize):
+    out = model.apply({"params": params}, input_ids, attention_mask)
+    x = pool(out.last_hidden_state, attention_mask, mode)
+    return l2_normalize(x) if normalize else x
+
+
+class SentenceEncoder:
+    """A BERT-family encoder + pooling (+ normalisation) that turns texts into embedding vectors.
+
+    Build with :meth:`from_pretrained`. Properties: ``dim`` (embedding size), ``max_length``
+    (tokens per text after truncation, [CLS]/[SEP] included), ``config`` (the model config),
+    ``params`` (plain param dict), ``pooling`` (mode or tuple of modes), ``normalize`` (True
+    when the model directory asks for normalised outputs), ``tokenizer``, ``model``.
+    """
+
+    def __init__(self, model: Any, params: dict, config: Any, tokenizer: Any, *,
+                 pooling: str | tuple[str, ...] = "mean", normalize: bool = False, max_length: int = 512,
+                 path: Path | None = None):
+        self.model = model
+        self._params = params
+        self._config = config
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self._max_length = int(max_length)
+        self.path = path
+        self._modes = check_mode(pooling)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self._pad_id = int(pad if pad is not None else getattr(config, "pad_token_id", 0) or 0)
+        self._forward = jax.jit(functools.partial(_embed, model=model, mode=self._modes),
+                                static_argnames=("normalize",))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, pooling: str | Sequence[str] | None = None,
+                        max_length: int | None = None, **options: Any) -> "SentenceEncoder":
+        """Load a sentence-transformers directory (with ``modules.json``) or a plain HF model directory.
+
+        * sentence-transformers dir: pooling from ``1_Pooling/config.json``, normalisation when
+          ``modules.json`` lists a ``Normalize`` module, ``max_length`` from
+          ``sentence_bert_config.json`` (``max_seq_length``).
+        * plain HF dir: ``mean`` pooling, no normalisation, ``max_length`` from the tokenizer's
+          ``model_max_length``.
+
+        In both cases ``max_length`` is capped at the model's ``max_position_embeddings``;
+        ``pooling`` / ``max_length`` given here override the directory's values (an explicit
+        ``max_length`` above ``max_position_embeddings`` is an error).
+
+        Options (keyword-only, validated; more will come, e.g. LLM embedders):
+        ``dtype="float32"|"bfloat16"`` compute dtype (params stay float32; pooling is float32),
+        ``attention_implementation="xla"|"dot_product_attention"``.
+        """
+        from transformers import AutoTokenizer
+
+        from jaxbert.convert.hf import load_pretrained, read_hf_config
+
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(f"SentenceEncoder.from_pretrained got unknown option(s) {unknown}; "
+                            f"known: {sorted(_OPTIONS)}")
+        for key, value in options.items():
+            if value not in _OPTIONS[key]:
+                raise ValueError(f"{key}={value!r}; expected one of {_OPTIONS[key]}")
+
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model directory {path} does not exist")
+        if not path.is_dir():
+            raise NotADirectoryError(f"{path} is not a directory (expected a sentence-transformers "
+                                     "or HF model directory)")
+        if (path / "modules.json").is_file():
+            st_mode, normalize, st_max = read_st_pooling(path)
+            model_dir = st_transformer_dir(path)
+        else:
+            st_mode, normalize, st_max = "mean", False, None
+            model_dir = path
+        mode = st_mode if pooling is None else pooling
+        modes = check_mode(mode)
+
+        read_hf_config(model_dir)  # clear error (naming the path) before the tokenizer tries
+        # The BERT pooler (tanh dense on [CLS]) is not part of sentence embeddings: not loaded.
+        pre = load_pretrained(model_dir, task="base", add_pooling_layer=False, **options)
+        config = pre.config
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        except Exception as e:  # noqa: BLE001 - re-raised with the path
+            raise ValueError(f"could not load a tokenizer from {model_dir}: {e}") from e
+        if len(tokenizer) > config.vocab_size:
+            raise ValueError(f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model's "
+                             f"vocab_size is {config.vocab_size}; tokenizer and weights do not match")
+
+        cap = config.max_position_embeddings
+        if max_length is not None:
+            if not isinstance(max_length, int) or max_length < 2:
+                raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+            if max_length > cap:
+                raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={cap}")
+        else:
+            tok_max = getattr(tokenizer, "model_max_length", None)
+            max_length = st_max or (tok_max if isinstance(tok_max, int) and tok_max < 1_000_000 else cap)
+            max_length = min(int(max_length), cap)
+        return cls(pre.model, pre.params, config, tokenizer, pooling=mode if len(modes) > 1 else modes[0],
+                   normalize=normalize, max_length=max_length, path=path)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def dim(self) -> int:
+        return self._config.hidden_size * len(self._modes)
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def config(self) -> Any:
+        return self._config
+
+    @property
+    def params(self) -> dict:
+        return self._params
+
+    def __repr__(self) -> str:
+        return (f"SentenceEncoder(path={str(self.path)!r}, dim={self.dim}, pooling={self.pooling!r}, "
+                f"normalize={self.normalize}, max_length={self.max_length}, dtype={self._config.dtype!r})")
+
+    # ------------------------------------------------------------------ encoding
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text ([CLS] ... [SEP]), truncated to ``max_length``; no padding."""
+        return self.tokenizer(texts, truncation=True, max_length=self._max_length, padding=False,
+                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    def encode(self, texts: str | Iterable[str], batch_size: int = 64, normalize_embeddings: bool = False,
+               show_progress_bar: bool = False) -> np.ndarray:
+        """Embed ``texts``: float32 ``[n, dim]`` numpy array, rows in input order.
+
+        A single ``str`` returns a 1-D ``[dim]`` vector (as ``SentenceTransformer.encode`` does).
+        Outputs are L2-normalised when the model directory has a ``Normalize`` module (always,
+        like sentence-transformers) or when ``normalize_embeddings=True``.
+
+        Raises ValueError('texts is empty') for no texts, TypeError naming the index and type of
+        the first element that is not a ``str``, ValueError for ``batch_size < 1``.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if not texts:
+            raise ValueError("texts is empty")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = int(batch_size)
+        normalize = self.normalize or bool(normalize_embeddings)
+
+        ids = self.tokenize(texts)
+        n = len(ids)
+        lengths = np.fromiter((len(x) for x in ids), np.int64, count=n)
+        flat = np.fromiter((t for x in ids for t in x), np.int32, count=int(lengths.sum()))
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        order = np.argsort(-lengths, kind="stable")
+        lbuckets = length_buckets(self._max_length)
+        rbuckets = row_buckets(batch_size)
+
+        out = np.empty((n, self.dim), np.float32)
+        pending: collections.deque = collections.deque()
+        progress = None
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=n, desc="encode", unit="text")
+
+        def collect():
+            rows_idx, result = pending.popleft()
+            out[rows_idx] = np.asarray(result)[: len(rows_idx)]
+            if progress is not None:
+                progress.update(len(rows_idx))
+
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            lens = lengths[idx]
+            seq = _smallest_at_least(lbuckets, int(lens[0]))
+            rows = batch_size if len(idx) == batch_size else _smallest_at_least(rbuckets, len(idx))
+            input_ids = np.full((rows, seq), self._pad_id, np.int32)
+            mask = np.zeros((rows, seq), np.int32)
+            # Scatter the ragged token lists into the padded block without a Python loop per row.
+            row_of = np.repeat(np.arange(len(idx)), lens)
+            col = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+            input_ids[row_of, col] = flat[np.repeat(offsets[idx], lens) + col]
+            mask[row_of, col] = 1
+            pending.append((idx, self._forward(self._params, input_ids, mask, normalize=normalize)))
+            if len(pending) > _IN_FLIGHT:
+                collect()
+        while pending:
+            collect()
+        if progress is not None:
+            progress.close()
+        return out[0] if single else out
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity matrix ``[len(a), len(b)]`` of two embedding arrays (1-D inputs allowed)."""
+        a = np.atleast_2d(np.asarray(a, np.float32))
+        b = np.atleast_2d(np.asarray(b, np.float32))
+        a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+        return a @ b.T

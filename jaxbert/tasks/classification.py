@@ -1,0 +1,147 @@
+"""Sequence classification (single text or text pair) from JSONL, as a task for the training loop.
+
+Config keys read (see ``experiments/configs/finetune_classification.py``)::
+
+    model.init_from        HF directory, or "asset:minilm" (None: random init of model.preset)
+    model.preset           registry name used when init_from is None
+    model.overrides        dict of config fields (dtype, hidden_dropout_prob, ...)
+    data.train / validation / test   JSONL paths (validation/test may be None)
+    data.text_field, data.pair_field, data.label_field, data.labels (None: inferred from train)
+    data.max_length, data.buckets
+    eval_splits            which of validation/test to evaluate
+
+Predictions are class ids; metrics are accuracy and macro-F1 over real (weight 1) rows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbert.convert import hf as hf_convert
+from jaxbert.data.pipeline import LabelMap, make_eval_batches, make_train_iterator
+from jaxbert.data.sources import JsonlSource
+from jaxbert.data.tokenization import check_vocab, load_tokenizer
+from jaxbert.eval.metrics import accuracy_and_f1
+from jaxbert.models import build_task_model, registry
+from jaxbert.objectives.classification import softmax_cross_entropy
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def resolve_model_path(init_from: str) -> Path:
+    """``"asset:NAME"`` -> the cached asset path (fetched on first use); anything else is a path."""
+    if init_from.startswith("asset:"):
+        from jaxbert import assets
+        return Path(assets.fetch(init_from.split(":", 1)[1]))
+    path = Path(os.path.expanduser(init_from))
+    if not path.exists():
+        raise FileNotFoundError(f"model.init_from={init_from!r}: directory {path} does not exist")
+    return path
+
+
+def _source(path: str | None, what: str) -> JsonlSource | None:
+    if path is None:
+        return None
+    return JsonlSource(os.path.expanduser(path))
+
+
+class ClassificationTask:
+    """Builds the model, data and loss for fine-tuning a sequence classifier."""
+
+    name = "classification"
+
+    def __init__(self, config: Any):
+        self.config = config
+        data = config.data
+        self.train_source = _source(data.train, "train")
+        if self.train_source is None:
+            raise ValueError("data.train is required for classification")
+        self.eval_sources = {s: _source(data.get(s), s) for s in config.eval_splits if data.get(s)}
+        if data.labels is not None:
+            self.label_map = LabelMap(data.label_field, list(data.labels))
+        else:
+            self.label_map = LabelMap.infer(self.train_source, data.label_field)
+        # Fail before training on any bad label, naming the file and line.
+        for src in [self.train_source, *self.eval_sources.values()]:
+            for i in range(len(src)):
+                record = src[i]
+                if data.label_field not in record:
+                    raise ValueError(f"{src.describe(i)}: no field {data.label_field!r} (has {sorted(record)})")
+                self.label_map.encode(record[data.label_field], where=src.describe(i))
+
+        overrides = dict(config.model.overrides or {})
+        if config.model.init_from:
+            self.model_dir = resolve_model_path(config.model.init_from)
+            pre = hf_convert.load_pretrained(self.model_dir, task="sequence_classification",
+                                             num_labels=self.label_map.num_classes, seed=config.seed, **overrides)
+            self.model, self.model_config, self.pretrained_params = pre.model, pre.config, pre.params
+            self.tokenizer = load_tokenizer(config.data.get("tokenizer") or self.model_dir)
+        else:
+            self.model_dir = None
+            cfg, backbone = registry.get(config.model.preset, **overrides)
+            self.model = build_task_model(cfg, backbone, "sequence_classification", self.label_map.num_classes)
+            self.model_config, self.pretrained_params = self.model.config, None
+            if not config.data.get("tokenizer"):
+                raise ValueError("data.tokenizer is required when model.init_from is None")
+            self.tokenizer = load_tokenizer(config.data.tokenizer)
+        check_vocab(self.tokenizer, self.model_config.vocab_size)
+        self.max_length = int(data.max_length)
+        self.sample_input = {k: np.zeros((1, self.max_length), np.int32) for k in MODEL_INPUTS}
+
+    # -------------------------------------------------------------------- data
+    def train_iterator(self, batch_size: int, seed: int):
+        d = self.config.data
+        return make_train_iterator(self.train_source, self.tokenizer, batch_size=batch_size, seed=seed,
+                                   max_length=self.max_length, label_map=self.label_map,
+                                   text_field=d.text_field, pair_field=d.pair_field,
+                                   buckets=d.get("buckets"))
+
+    def eval_batches(self, split: str, batch_size: int):
+        d = self.config.data
+        return make_eval_batches(self.eval_sources[split], self.tokenizer, batch_size=batch_size,
+                                 max_length=self.max_length, label_map=self.label_map,
+                                 text_field=d.text_field, pair_field=d.pair_field)
+
+    # -------------------------------------------------------------------- model
+    def _logits(self, params, batch, rng, deterministic):
+        rngs = None if deterministic else {"dropout": rng}
+        return self.model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS),
+                                deterministic=deterministic, rngs=rngs)["logits"]
+
+    def loss_fn(self, params, batch, rng, deterministic: bool = False):
+        """Weighted softmax cross-entropy; ``sums`` has loss/accuracy numerators and ``weight``."""
+        logits = self._logits(params, batch, rng, deterministic)
+        return softmax_cross_entropy(logits, batch["labels"], batch.get("weights"),
+                                     self.config.get("label_smoothing", 0.0))
+
+    def predict_fn(self, params, batch):
+        logits = self._logits(params, batch, None, True)
+        _, sums = softmax_cross_entropy(logits, batch["labels"], batch.get("weights"))
+        return {"predictions": jnp.argmax(logits, -1).astype(jnp.int32), "labels": batch["labels"],
+                "weights": batch["weights"]}, sums
+
+    def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
+        keep = outputs["weights"] > 0
+        metrics = accuracy_and_f1(outputs["predictions"][keep], outputs["labels"][keep],
+                                  num_classes=self.label_map.num_classes)
+        metrics["loss"] = sums["loss"] / max(sums["weight"], 1.0)
+        metrics["num_examples"] = int(keep.sum())
+        return metrics
+
+    # -------------------------------------------------------------------- persistence
+    def extra_state(self) -> dict[str, Any]:
+        return {"label_map": self.label_map.to_dict()}
+
+    def export(self, params, path: str | os.PathLike) -> Path:
+        """HF directory that ``transformers.BertForSequenceClassification`` loads, with the tokenizer."""
+        id2label = {i: str(label) for i, label in enumerate(self.label_map.labels)}
+        out = hf_convert.save_pretrained(path, jax.device_get(params), self.model_config,
+                                         task="sequence_classification", id2label=id2label)
+        self.tokenizer.save_pretrained(str(out))
+        return out

@@ -1,0 +1,103 @@
+"""Jitted train and eval steps with gradient accumulation, shardings and buffer donation.
+
+A *loss function* has the signature ``loss_fn(params, batch, rng, deterministic) -> (loss, sums)``
+where ``sums`` holds weighted metric numerators and ``"weight"`` (see
+:mod:`jaxbert.objectives.classification`), and ``sums["loss"]`` is the weighted *sum* of
+per-example losses. Gradients are taken of ``sums["loss"]`` per micro-batch, accumulated with
+``lax.scan`` and divided by the total weight once, so the update equals the full-batch
+weighted-mean gradient for any number of micro-batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxbert.train.state import TrainState
+
+LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _split_micro(batch: dict, num_micro: int) -> dict:
+    """``[B, ...] -> [A, B/A, ...]`` taking rows ``a, a+A, a+2A, ...`` for micro-batch ``a``.
+
+    The strided split keeps each device's local rows local: every micro-batch has rows on every
+    data-parallel shard, so no data moves between devices.
+    """
+    def split(x):
+        b = x.shape[0]
+        if b % num_micro:
+            raise ValueError(f"batch of {b} rows cannot be split into {num_micro} micro-batches")
+        return jnp.swapaxes(x.reshape((b // num_micro, num_micro) + x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accum_steps: int = 1
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """Build ``step(state, batch) -> (state, metrics)`` (not yet jitted; see :func:`jit_train_step`).
+
+    ``metrics`` holds the summed ``sums`` over the global batch plus ``grad_norm``; the caller
+    divides by ``metrics["weight"]``. Masks that change during training (e.g. HFT's frozen half)
+    belong in the optimizer state, so changing them is data, not a recompile.
+    """
+    grad_fn = jax.grad(lambda p, b, r: (lambda l, s: (s["loss"], s))(*loss_fn(p, b, r, False)), has_aux=True)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        step_rng = jax.random.fold_in(state.key, state.step)
+        if grad_accum_steps == 1:
+            grads, sums = grad_fn(state.params, batch, step_rng)
+        else:
+            micro = _split_micro(batch, grad_accum_steps)
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+            def body(carry, xs):
+                g_acc, s_acc = carry
+                i, mb = xs
+                g, s = grad_fn(state.params, mb, jax.random.fold_in(step_rng, i))
+                g_acc = jax.tree.map(jnp.add, g_acc, g)
+                s_acc = s if s_acc is None else jax.tree.map(jnp.add, s_acc, s)
+                return (g_acc, s_acc), None
+
+            # First micro-batch outside the scan fixes the structure of the metric sums.
+            g0, s0 = grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), jax.random.fold_in(step_rng, 0))
+            rest = jax.tree.map(lambda x: x[1:], micro)
+            (grads, sums), _ = jax.lax.scan(body, (jax.tree.map(jnp.add, zeros, g0), s0),
+                                            (jnp.arange(1, grad_accum_steps), rest))
+        total = jnp.maximum(sums["weight"], 1.0)
+        grads = jax.tree.map(lambda g: g / total, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(sums)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return step
+
+
+def jit_train_step(step: Callable, state_shardings: Any, batch_sharding: Any, mesh) -> Callable:
+    """``jax.jit`` with explicit in/out shardings; the incoming state's buffers are donated."""
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def make_eval_step(predict_fn: Callable[[Any, dict], tuple[dict, dict]]) -> Callable:
+    """``eval_step(params, batch) -> (outputs, sums)``; ``predict_fn`` runs the model deterministically."""
+    def eval_step(params, batch):
+        return predict_fn(params, batch)
+    return eval_step
+
+
+def finite_or_raise(metrics: dict[str, Any], step: int, checkpoint_note: str = "") -> None:
+    """Stop the run on a NaN/Inf metric, naming the step and which metric went bad."""
+    import math
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isfinite(v))
+    if bad:
+        raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step} "
+                                 f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); training stopped"
+                                 + (f"; {checkpoint_note}" if checkpoint_note else ""))
