@@ -44,7 +44,11 @@ def describe_record(source: Any, index: int) -> str:
     describe = getattr(source, "describe", None)
     if callable(describe):
         return describe(index)
-    return f"record {index} of {source!r}"
+    try:
+        size = f", {len(source)} records"
+    except TypeError:
+        size = ""
+    return f"record {index} of {type(source).__name__}{size}"
 
 
 def _check_index(index: Any, length: int, what: str) -> int:

@@ -57,7 +57,8 @@ def load_tokenizer(path_or_name: str | os.PathLike) -> Any:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
         present = sorted(p.name for p in path.iterdir())
-        raise ValueError(f"could not load a tokenizer from {path} (files: {present}): {e}") from e
+        shown = present[:20] + (["..."] if len(present) > 20 else [])
+        raise ValueError(f"could not load a tokenizer from {path} (files: {shown}): {e}") from e
 
 
 def _check_texts(texts: Any, name: str) -> list[str]:
