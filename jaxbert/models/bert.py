@@ -28,6 +28,7 @@ import flax.linen as nn
 from flax import struct
 from flax.core import meta
 
+from jaxbert.models.layers import extensions
 from jaxbert.models.layers.attention import ATTENTION_IMPLEMENTATIONS, MultiHeadAttention, combine_masks, padding_mask
 from jaxbert.models.layers.activations import ACTIVATIONS
 from jaxbert.models.layers.initializers import dense_init, zeros_init
@@ -65,6 +66,9 @@ class BertConfig:
     param_dtype: str = "float32"
     attention_implementation: str = "xla"
     remat: bool = False
+    # Modules inserted at the encoder's extension sites (adapters, prefixes, soft prompts);
+    # see jaxbert/models/layers/extensions.py. Not part of the HF config.
+    extensions: tuple = ()
 
     model_type = "bert"
 
@@ -97,7 +101,9 @@ class BertConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extensions"}
+        out["extensions"] = [{"type": type(e).__name__, **dataclasses.asdict(e)} for e in self.extensions]
+        return out
 
     # Fields of a HF config.json that this class reads; anything else is ignored.
     HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -162,20 +168,29 @@ class BertLayer(nn.Module):
 
     config: BertConfig
 
+    layer_index: int = 0
+
     @nn.compact
     def __call__(self, x, mask, deterministic: bool = True):
         cfg = self.config
         dt, pdt = cfg.compute_dtype, cfg.storage_dtype
+        kv_prefix = None
+        for ext in extensions.at_site(cfg, "attention_kv"):  # at most one is meaningful; last wins
+            kv_prefix = ext.build(cfg, self.layer_index, ext.name)(x.shape[0], dt)
         h = MultiHeadAttention(
             num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
             dropout_rate=cfg.attention_probs_dropout_prob, initializer_range=cfg.initializer_range,
             implementation=cfg.attention_implementation, dtype=dt, param_dtype=pdt,
-            name="attention")(x, mask=mask, deterministic=deterministic)
+            name="attention")(x, mask=mask, deterministic=deterministic, kv_prefix=kv_prefix)
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        for ext in extensions.at_site(cfg, "after_attention"):
+            h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
         x = layer_norm(cfg.layer_norm_eps, dt, pdt, "attention_norm")(x + h)
         h = Mlp(cfg.intermediate_size, activation=cfg.hidden_act, initializer_range=cfg.initializer_range,
                 dtype=dt, param_dtype=pdt, name="mlp")(x)
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        for ext in extensions.at_site(cfg, "after_mlp"):
+            h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
         x = layer_norm(cfg.layer_norm_eps, dt, pdt, "mlp_norm")(x + h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -208,7 +223,8 @@ class BertModel(nn.Module):
         cfg = self.config
         self.embeddings = BertEmbeddings(cfg)
         block = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
-        self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+        self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+        self.embedding_extensions = [e.build(cfg, None, e.name) for e in extensions.at_site(cfg, "embeddings")]
         if cfg.add_pooling_layer:
             self.pooler = Pooler(cfg)
 
@@ -227,6 +243,8 @@ class BertModel(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        for ext in self.embedding_extensions:  # e.g. soft prompts: may lengthen x and the mask
+            x, attention_mask = ext(x, attention_mask, deterministic)
         mask = combine_masks(padding_mask(attention_mask))
         states = [x] if output_hidden_states else None
         for layer in self.layers:

@@ -112,14 +112,26 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, bias: jax.Array | None = None,
-                 deterministic: bool = True) -> jax.Array:
-        """``x [b, l, embed]``, ``mask [b, 1|h, l, l]`` -> ``[b, l, embed]``."""
+                 deterministic: bool = True, kv_prefix: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """``x [b, l, embed]``, ``mask [b, 1|h, l, l]`` -> ``[b, l, embed]``.
+
+        ``kv_prefix`` = ``(k, v)`` each ``[b, p, heads, kv]`` is prepended to the keys/values
+        (every query may attend to it), the seam prefix tuning uses.
+        """
         proj = lambda name: DenseND(
             features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
             bias_axes=("heads", "kv"), use_bias=self.use_bias, initializer_range=self.initializer_range,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        if kv_prefix is not None:
+            pk, pv = kv_prefix
+            k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
+            v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
+            if mask is not None:
+                mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (pk.shape[1],), bool), mask], axis=-1)
+            if bias is not None:
+                bias = jnp.concatenate([jnp.zeros(bias.shape[:-1] + (pk.shape[1],), bias.dtype), bias], axis=-1)
         dropout_rng = None
         if self.dropout_rate > 0.0 and not deterministic:
             dropout_rng = self.make_rng("dropout")
