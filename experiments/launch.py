@@ -54,7 +54,8 @@ def check_overrides(argv: list[str], config) -> None:
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
     import jax
     if FLAGS.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

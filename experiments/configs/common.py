@@ -21,13 +21,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.init_from = config_dict.placeholder(str)  # HF dir or "asset:minilm"; None = random init
     c.model.preset = "bert-tiny"  # registry preset used for random init
-    c.model.overrides = ml_collections.ConfigDict()  # config fields, e.g. dtype="bfloat16"
+    # Model config fields to replace (None = keep the checkpoint's / preset's value).
+    c.model.overrides = ml_collections.ConfigDict()
+    c.model.overrides.dtype = config_dict.placeholder(str)  # compute dtype: "float32" | "bfloat16"
+    c.model.overrides.param_dtype = config_dict.placeholder(str)
+    c.model.overrides.hidden_dropout_prob = config_dict.placeholder(float)
+    c.model.overrides.attention_probs_dropout_prob = config_dict.placeholder(float)
+    c.model.overrides.attention_implementation = config_dict.placeholder(str)
+    c.model.overrides.remat = config_dict.placeholder(bool)
 
     c.data = ml_collections.ConfigDict()
     c.data.train = config_dict.placeholder(str)
     c.data.validation = config_dict.placeholder(str)
     c.data.test = config_dict.placeholder(str)
-    c.data.tokenizer = config_dict.placeholder(str)  # default: model.init_from
+    c.data.tokenizer = config_dict.placeholder(str)  # HF dir or "asset:NAME"; default: model.init_from
     c.data.text_field = "text"
     c.data.pair_field = config_dict.placeholder(str)
     c.data.label_field = "label"

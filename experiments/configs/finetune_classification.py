@@ -8,7 +8,7 @@ Run (the README's main job: real all-MiniLM-L6-v2 on rotten_tomatoes, ~10 min on
 
 Datasets (from ``$JAXBERT_DATA``, default ``../shared/data``): rotten_tomatoes, trec (coarse
 labels), sms_spam, bbc_news. Append ``,runlocal`` for a seconds-long smoke run
-(``...:trec,runlocal``). Override anything with ``--config.key=value``, e.g.
+(``...:trec,runlocal``); ``,tiny`` swaps in a randomly initialised 2-layer BERT (tests). Override anything with ``--config.key=value``, e.g.
 ``--config.optim.learning_rate=3e-5 --config.mesh='(("data",2),("fsdp",4),("tensor",1))'``.
 """
 
@@ -41,9 +41,9 @@ def get_config(arg: str = "rotten_tomatoes"):
     name, flags = parts[0], set(parts[1:])
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    unknown = flags - {"runlocal"}
+    unknown = flags - {"runlocal", "tiny"}
     if unknown:
-        raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal']")
+        raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal', 'tiny']")
     train, val, test, label_field, labels, max_len, epochs = DATASETS[name]
     root = data_root()
     c = base_config()
@@ -64,6 +64,11 @@ def get_config(arg: str = "rotten_tomatoes"):
     c.optim.warmup_ratio = 0.06
     c.optim.weight_decay = 0.01
     c.log_every = 20
+    if "tiny" in flags:  # a randomly initialised 2-layer BERT with MiniLM's tokenizer (tests, smoke runs)
+        c.model.init_from = None
+        c.model.preset = "bert-tiny"
+        c.data.tokenizer = "asset:minilm"
+        c.optim.learning_rate = 1e-3
     if "runlocal" in flags:
         c.num_train_steps = 8
         c.batch_size = 8

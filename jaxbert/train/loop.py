@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ from jaxbert.train.state import abstract_train_state, create_sharded_state, stat
 from jaxbert.train.step import finite_or_raise, jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
+
+
+def _say(msg: str) -> None:
+    """A one-line status message on stderr from process 0."""
+    if jax.process_index() == 0:
+        print(f"[jaxbert] {msg}", file=sys.stderr, flush=True)
 
 
 def _config_to_dict(config: Any) -> dict:
@@ -85,7 +92,8 @@ class Trainer:
         self.schedule = self.optim_info["schedule"]
         self.shardings = state_shardings(self.task.model, self.tx, self.mesh, self.rules, self.task.sample_input)
         if self.shardings.fallbacks:
-            log.info("replicated instead of sharded (dimension not divisible): %s", self.shardings.fallbacks)
+            _say(f"replicated instead of sharded (dimension not divisible by the mesh axis): "
+                 f"{[f'{p} dim {d} ({n})' for p, d, n, _, _ in self.shardings.fallbacks]}")
         self.train_step = jit_train_step(make_train_step(self.task.loss_fn, self.tx, config.grad_accum_steps),
                                          self.shardings.state, self._batch_shardings, self.mesh)
         self.eval_step = jax.jit(self.task.predict_fn, in_shardings=(self.shardings.params, self._batch_shardings),
@@ -143,7 +151,7 @@ class Trainer:
             if restored is not None:
                 state, extra = restored
                 data_iter.set_state(extra["data"])
-                log.info("resumed from step %d", int(state.step))
+                _say(f"resumed from {self.workdir / 'checkpoints'} at step {int(state.step)}")
             else:
                 state = self._new_state()
             step = int(jax.device_get(state.step))
@@ -177,13 +185,15 @@ class Trainer:
                     eval_metrics = None
                     if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                         eval_metrics = self._eval_all(state.params, writer, step)
-                    if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or eval_metrics:
+                    # The last step is saved after the final evaluation, with its metrics.
+                    periodic = cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < self.total_steps
+                    if periodic or eval_metrics:
                         ckpt.save(step, state, extra_fn(), metrics=eval_metrics, force=True)
                     if any_process(guard.preempted):
                         ckpt.save(step, state, extra_fn(), force=True)
                         ckpt.wait()
                         result.update(status="preempted", step=step)
-                        log.warning("preempted: saved step %d, exiting", step)
+                        _say(f"preempted: saved step {step} to {self.workdir / 'checkpoints'}, exiting")
                         return result
                 final = self._eval_all(state.params, writer, step)
                 ckpt.save(step, state, extra_fn(), metrics=final, force=True)
