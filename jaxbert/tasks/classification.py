@@ -75,13 +75,14 @@ class ClassificationTask:
                     raise ValueError(f"{src.describe(i)}: no field {data.label_field!r} (has {sorted(record)})")
                 self.label_map.encode(record[data.label_field], where=src.describe(i))
 
-        overrides = dict(config.model.overrides or {})
+        overrides = {k: v for k, v in dict(config.model.overrides or {}).items() if v is not None}
         if config.model.init_from:
             self.model_dir = resolve_model_path(config.model.init_from)
             pre = hf_convert.load_pretrained(self.model_dir, task="sequence_classification",
                                              num_labels=self.label_map.num_classes, seed=config.seed, **overrides)
             self.model, self.model_config, self.pretrained_params = pre.model, pre.config, pre.params
-            self.tokenizer = load_tokenizer(config.data.get("tokenizer") or self.model_dir)
+            tok = config.data.get("tokenizer")
+            self.tokenizer = load_tokenizer(resolve_model_path(tok) if tok else self.model_dir)
         else:
             self.model_dir = None
             cfg, backbone = registry.get(config.model.preset, **overrides)
@@ -89,7 +90,7 @@ class ClassificationTask:
             self.model_config, self.pretrained_params = self.model.config, None
             if not config.data.get("tokenizer"):
                 raise ValueError("data.tokenizer is required when model.init_from is None")
-            self.tokenizer = load_tokenizer(config.data.tokenizer)
+            self.tokenizer = load_tokenizer(resolve_model_path(config.data.tokenizer))
         check_vocab(self.tokenizer, self.model_config.vocab_size)
         self.max_length = int(data.max_length)
         self.sample_input = {k: np.zeros((1, self.max_length), np.int32) for k in MODEL_INPUTS}
