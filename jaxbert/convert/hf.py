@@ -372,26 +372,46 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
     hf_config = read_hf_config(path)
     arch = architecture_for(hf_config, path)
     config = arch.config_cls.from_hf_dict(hf_config, **config_overrides)
+    state = read_safetensors(path)
     if task in ("sequence_classification", "token_classification") and num_labels is None:
         num_labels = hf_config.get("num_labels") or len(hf_config.get("id2label") or {}) or None
+        if num_labels is None and "classifier.weight" in state:  # transformers omits the default 2 labels
+            num_labels = state["classifier.weight"].shape[0]
         if num_labels is None:
             raise ValueError(f"task {task!r} needs num_labels ({path}/config.json has none)")
-    state = read_safetensors(path)
     model = build_task_model(config, arch.backbone, task, num_labels)
-    template = init_params(model, jax.random.key(seed))
+    # Shapes only: a full checkpoint needs no random init (compile + a model-sized allocation).
+    template = jax.eval_shape(functools.partial(init_params, model), jax.random.key(seed))
     try:
         params, report = hf_to_params(state, model.config, template, task, strict=strict, arch=arch)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{path}: {e}") from None
+    flat = traverse_util.flatten_dict(params)
+    if any(isinstance(v, jax.ShapeDtypeStruct) for v in flat.values()):  # heads (or non-strict gaps) to init
+        fresh = traverse_util.flatten_dict(init_params(model, jax.random.key(seed)))
+        params = traverse_util.unflatten_dict(
+            {k: fresh[k] if isinstance(v, jax.ShapeDtypeStruct) else v for k, v in flat.items()})
     return Pretrained(config=model.config, model=model, params=params, report=report, task=task,
                       hf_config=hf_config)
 
 
 def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> dict:
-    """Initialise ``model`` on a dummy batch and return plain (unboxed) params."""
-    ids = np.zeros((1, seq_len), np.int32)
-    variables = jax.jit(lambda r: model.init(r, ids))(rng)
-    return nn.unbox(variables["params"])
+    """Initialise ``model`` on a dummy batch and return plain (unboxed) params.
+
+    The jitted init is cached per (hashable, equal) module: compiling the random initialisers
+    costs seconds on CPU, and loading several checkpoints of one shape should pay it once.
+    """
+    try:
+        hash(model)
+    except TypeError:  # unhashable module fields: compile afresh
+        ids = np.zeros((1, seq_len), np.int32)
+        return nn.unbox(jax.jit(lambda r: model.init(r, ids))(rng)["params"])
+    return nn.unbox(_jit_init(model, rng, seq_len)["params"])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _jit_init(model: nn.Module, rng: jax.Array, seq_len: int) -> dict:
+    return model.init(rng, np.zeros((1, seq_len), np.int32))
 
 
 def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: str = "base",
