@@ -87,8 +87,15 @@ def test_task_heads_add_expected_params(current):
         base = current[name]["base"]["total"]
         assert current[name]["sequence_classification"]["total"] == base + 3 * e + 3, name
         # MLM drops the pooler, adds transform dense + LayerNorm + output bias (decoder is tied).
-        assert current[name]["mlm"]["total"] == base - pooler + (e * e + e) + 2 * e + v, name
-        assert "mlm_head/bias" in current[name]["mlm"]["shapes"]
+        # Configs with mlm_head_options (jaxbert/models/encoder.py) may drop biases (ModernBERT).
+        head = dict(use_bias=True, norm_bias=True, decoder_bias=True)
+        head.update({k: v for k, v in getattr(cfg, "mlm_head_options", dict)().items() if k in head})
+        if not getattr(cfg, "add_pooling_layer", True):
+            pooler = 0
+        expected = (base - pooler + e * e + e * head["use_bias"] + e * (1 + head["norm_bias"])
+                    + v * head["decoder_bias"])
+        assert current[name]["mlm"]["total"] == expected, name
+        assert ("mlm_head/bias" in current[name]["mlm"]["shapes"]) == head["decoder_bias"]
         assert not any(p.startswith("encoder/pooler") for p in current[name]["mlm"]["shapes"])
 
 

@@ -16,6 +16,11 @@ from jaxbert.encoder import SentenceEncoder, length_buckets, row_buckets
 from jaxbert.pooling import POOLING_MODES, pool, read_st_pooling
 
 
+# Batches of 16 keep the padded work small on 2 CPU cores (texts are length-sorted into batches);
+# the same batch size everywhere lets tests reuse compiled shapes.
+BATCH = 16
+
+
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=-1, keepdims=True)
     b = b / np.linalg.norm(b, axis=-1, keepdims=True)
@@ -27,14 +32,13 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def texts(read_texts) -> list[str]:
-    """64 real texts of mixed length: 40 movie-review snippets, 16 news paragraphs, 8 whole articles.
-
-    The 8 articles are longer than MiniLM's max_seq_length (256), so truncation is exercised.
+    """64 real texts of mixed length: 40 movie-review snippets, 20 news paragraphs (a title line to
+    ~200 words), 4 whole news articles (longer than MiniLM's max_seq_length 256: truncation).
     """
     reviews = read_texts("rotten_tomatoes/validation.jsonl", n=40)
-    articles = read_texts("bbc_news/test.jsonl", n=40)
+    articles = read_texts("bbc_news/test.jsonl", n=34)
     paragraphs = [p for a in articles[:30] for p in a.split("\n\n")]
-    return reviews + paragraphs[::10][:16] + articles[30:38]
+    return reviews + paragraphs[::8][:20] + articles[30:34]
 
 
 @pytest.fixture(scope="module")
@@ -47,37 +51,45 @@ def st_embeddings(minilm_dir, texts) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(minilm_dir), device="cpu")
-    return st.encode(texts, batch_size=64, convert_to_numpy=True)
+    return st.encode(texts, batch_size=BATCH, convert_to_numpy=True)
 
 
 @pytest.fixture(scope="module")
 def embeddings(encoder, texts) -> np.ndarray:
-    return encoder.encode(texts)
+    return encoder.encode(texts, batch_size=BATCH)
 
 
 # ----------------------------------------------------------------------------- parity
 
 
 def test_backbone_matches_transformers_with_padding(minilm_dir, minilm_tokenize, texts):
-    """jaxbert BertModel vs transformers.BertModel (torch fp32), padded batch, non-pad tokens only."""
+    """jaxbert BertModel vs transformers.BertModel (torch fp32), padded batches, non-pad tokens only.
+
+    Texts are length-sorted into 4 batches of 16, each right-padded to its longest member
+    (up to 256 tokens after truncation), as an embedding pipeline batches them.
+    """
     import torch
     import transformers
 
     from jaxbert.convert.hf import load_pretrained
 
-    batch = minilm_tokenize(texts, max_length=256)
-    assert batch["input_ids"].shape == (64, 256)  # articles are truncated, the rest padded
     pre = load_pretrained(minilm_dir)
     apply = jax.jit(lambda p, ids, m, tt: pre.model.apply({"params": p}, ids, m, tt).last_hidden_state)
-    ours = np.asarray(apply(pre.params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
-
     ref_model = transformers.BertModel.from_pretrained(str(minilm_dir), dtype=torch.float32).eval()
-    with torch.no_grad():
-        ref = ref_model(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}).last_hidden_state.numpy()
-    real = batch["attention_mask"].astype(bool)
-    diff = float(np.abs(ours - ref)[real].max())
-    print(f"\n[parity] BertModel last_hidden_state max|jax - torch| over {int(real.sum())} non-pad tokens "
-          f"of {len(texts)} texts: {diff:.3e}")
+    lengths = minilm_tokenize(texts, max_length=256)["attention_mask"].sum(1)
+    by_len = np.argsort(-lengths, kind="stable")
+    diff, n_tokens, n_pad = 0.0, 0, 0
+    for start in range(0, len(texts), BATCH):
+        batch = minilm_tokenize([texts[i] for i in by_len[start:start + BATCH]], max_length=256)
+        ours = np.asarray(apply(pre.params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
+        with torch.no_grad():
+            ref = ref_model(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()})
+        real = batch["attention_mask"].astype(bool)
+        diff = max(diff, float(np.abs(ours - ref.last_hidden_state.numpy())[real].max()))
+        n_tokens, n_pad = n_tokens + int(real.sum()), n_pad + int((~real).sum())
+    assert lengths.max() == 256 and n_pad > 0  # truncated articles and padded batches
+    print(f"\n[parity] BertModel last_hidden_state max|jax - torch| over {n_tokens} non-pad tokens "
+          f"({n_pad} pad positions) of {len(texts)} texts: {diff:.3e}")
     assert diff <= 1e-4, f"max abs diff {diff:.3e} > 1e-4"
 
 
@@ -96,28 +108,33 @@ def test_embeddings_match_sentence_transformers(embeddings, st_embeddings, texts
 def test_bfloat16_close_to_float32(minilm_dir, texts, embeddings):
     enc = SentenceEncoder.from_pretrained(minilm_dir, dtype="bfloat16")
     assert enc.config.dtype == "bfloat16"
-    out = enc.encode(texts)
+    out = enc.encode(texts, batch_size=BATCH)
     assert out.dtype == np.float32 and out.shape == embeddings.shape and np.isfinite(out).all()
     cos = _cosine_rows(out, embeddings)
-    print(f"\n[bfloat16] min cosine vs float32 over {len(texts)} texts: {cos.min():.5f} (mean {cos.mean():.5f})")
-    # Measured on this machine (XLA CPU, jax 0.10.2): min 0.9953, mean 0.9990. Tolerance leaves margin.
-    assert cos.min() >= 0.99, f"bfloat16 min cosine {cos.min():.5f} < 0.99"
+    print(f"\n[bfloat16] min cosine vs float32 over {len(texts)} texts: {cos.min():.6f} (mean {cos.mean():.6f})")
+    # Measured (XLA CPU, jax 0.10.2, AMD EPYC): min 0.99998, mean 0.99999 -- bf16 activations with
+    # float32 pooling + normalisation. 0.999 leaves room for other backends' bf16 matmul paths.
+    assert cos.min() >= 0.999, f"bfloat16 min cosine {cos.min():.6f} < 0.999"
 
 
 # ----------------------------------------------------------------------------- encode behaviour
 
 
 def test_input_order_preserved(encoder, texts, embeddings):
-    perm = list(range(len(texts)))
+    perm = list(range(len(texts) - 4))  # without the 4 long articles: cheaper, same logic
     random.Random(0).shuffle(perm)
-    shuffled = encoder.encode([texts[i] for i in perm])
+    shuffled = encoder.encode([texts[i] for i in perm], batch_size=BATCH)
     np.testing.assert_allclose(shuffled, embeddings[perm], atol=1e-5)
 
 
 def test_batch_size_independence(encoder, texts, embeddings):
-    subset = texts[::3]  # 22 texts, mixed lengths
-    small = encoder.encode(subset, batch_size=5)  # 4 full batches of 5 + a partial batch of 2
-    np.testing.assert_allclose(small, embeddings[::3], atol=1e-5)
+    # 40 reviews in one partial batch (padded to 64 rows) vs the fixture's batches of 16.
+    np.testing.assert_allclose(encoder.encode(texts[:40], batch_size=64), embeddings[:40], atol=1e-5)
+    # 7 texts in batches of 3: 2 full batches + a partial batch of 1 (warmup compiles their shapes).
+    shapes = encoder.warmup(texts[:56:8], batch_size=3)
+    assert [r for r, _ in shapes][-1] == 1 and all(r == 3 for r, _ in shapes[:-1])
+    assert [l for _, l in shapes] == sorted((l for _, l in shapes), reverse=True)
+    np.testing.assert_allclose(encoder.encode(texts[:56:8], batch_size=3), embeddings[:56:8], atol=1e-5)
 
 
 def test_single_string_returns_vector(encoder, texts, embeddings):
@@ -130,6 +147,7 @@ def test_encoder_properties(encoder):
     assert encoder.dim == 384
     assert encoder.max_length == 256  # sentence_bert_config.json max_seq_length
     assert encoder.pooling == "mean" and encoder.normalize
+    assert not encoder.lowercase  # sentence_bert_config.json: do_lower_case false (tokenizer is uncased)
     assert encoder.config.hidden_size == 384
     assert "layer_5" in encoder.params
 
@@ -142,10 +160,11 @@ def test_plain_hf_directory(tmp_path, minilm_dir, texts, embeddings):
     enc = SentenceEncoder.from_pretrained(tmp_path)
     assert (enc.pooling, enc.normalize, enc.max_length) == ("mean", False, 512)
     subset = texts[:8]  # short reviews: no truncation difference between 256 and 512
-    raw = enc.encode(subset)
+    raw = enc.encode(subset, batch_size=BATCH)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), embeddings[:8], atol=1e-5)
-    np.testing.assert_allclose(enc.encode(subset, normalize_embeddings=True), embeddings[:8], atol=1e-5)
+    np.testing.assert_allclose(enc.encode(subset, batch_size=BATCH, normalize_embeddings=True),
+                               embeddings[:8], atol=1e-5)
     cls = SentenceEncoder.from_pretrained(tmp_path, pooling="cls", max_length=128)
     assert (cls.pooling, cls.max_length) == ("cls", 128)
 

@@ -40,6 +40,7 @@ import flax.linen as nn
 from flax import traverse_util
 
 from jaxbert.models.bert import BertConfig, BertModel
+from jaxbert.models.encoder import Encoder, EncoderConfig
 from jaxbert.models.tasks import TASKS, build_task_model
 
 # ----------------------------------------------------------------------------- transforms
@@ -65,6 +66,14 @@ QKV_BIAS = Transform(lambda a, c: a.reshape(c.num_attention_heads, c.head_dim), 
 OUT_KERNEL = Transform(
     lambda a, c: a.T.reshape(c.num_attention_heads, c.head_dim, a.shape[0]),
     lambda a, c: a.reshape(-1, a.shape[-1]).T)
+
+# ModernBERT fused projections: Wqkv [3*H*D, E] -> qkv [E, 3, H, D]; GLU Wi [2*I, E] -> wi [E, 2, I].
+FUSED_QKV_KERNEL = Transform(
+    lambda a, c: a.T.reshape(a.shape[1], 3, c.num_attention_heads, c.head_dim),
+    lambda a, c: a.reshape(a.shape[0], -1).T)
+FUSED_QKV_BIAS = Transform(lambda a, c: a.reshape(3, c.num_attention_heads, c.head_dim), lambda a, c: a.reshape(-1))
+GLU_KERNEL = Transform(lambda a, c: a.T.reshape(a.shape[1], 2, -1), lambda a, c: a.reshape(a.shape[0], -1).T)
+GLU_BIAS = Transform(lambda a, c: a.reshape(2, -1), lambda a, c: a.reshape(-1))
 
 _PLACEHOLDERS = {"layer": r"\d+", "qkv": r"query|key|value", "wb": r"weight|bias"}
 
@@ -145,18 +154,71 @@ HF_ARCHITECTURES = {
 }
 
 
+# transformers' ModernBertModel / ModernBertForMaskedLM (backbone under "model." in task models).
+MODERNBERT_BACKBONE_RULES: list[Rule] = [
+    Rule("embeddings.tok_embeddings.weight", "embeddings/word_embeddings/embedding"),
+    *_norm_rules("embeddings.norm", "embeddings/norm"),
+    *_norm_rules("layers.{layer}.attn_norm", "layer_{layer}/attention_norm"),
+    Rule("layers.{layer}.attn.Wqkv.weight", "layer_{layer}/attention/qkv/kernel", FUSED_QKV_KERNEL),
+    Rule("layers.{layer}.attn.Wqkv.bias", "layer_{layer}/attention/qkv/bias", FUSED_QKV_BIAS),
+    Rule("layers.{layer}.attn.Wo.weight", "layer_{layer}/attention/out/kernel", OUT_KERNEL),
+    Rule("layers.{layer}.attn.Wo.bias", "layer_{layer}/attention/out/bias"),
+    *_norm_rules("layers.{layer}.mlp_norm", "layer_{layer}/mlp_norm"),
+    Rule("layers.{layer}.mlp.Wi.weight", "layer_{layer}/mlp/wi/kernel", GLU_KERNEL),
+    Rule("layers.{layer}.mlp.Wi.bias", "layer_{layer}/mlp/wi/bias", GLU_BIAS),
+    *_linear_rules("layers.{layer}.mlp.Wo", "layer_{layer}/mlp/wo"),
+    *_norm_rules("final_norm", "final_norm"),
+]
+MODERNBERT_HEAD_RULES: dict[str, list[Rule]] = {
+    "base": [],
+    "mlm": [*_linear_rules("head.dense", "mlm_head/transform"),
+            *_norm_rules("head.norm", "mlm_head/transform_norm"),
+            Rule("decoder.bias", "mlm_head/bias")],
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """Everything the converter needs to know about one ``model_type``."""
+    """Everything the converter needs to know about one ``model_type``.
+
+    ``head_rules`` / ``benign_keys`` / ``other_head_keys`` / ``hf_architectures`` default to
+    BERT's (``HEAD_RULES``, ``BENIGN_KEYS``, ``OTHER_HEAD_KEYS``, ``HF_ARCHITECTURES``).
+    """
 
     config_cls: type
     backbone: type
     backbone_rules: list[Rule]
     hf_prefix: str  # prefix of backbone keys inside HF task models ("bert.")
+    head_rules: dict[str, list[Rule]] | None = None
+    benign_keys: list[str] | None = None
+    other_head_keys: list[str] | None = None
+    hf_architectures: dict[str, str] | None = None
+
+    def rules_for(self, task: str) -> list[Rule]:
+        rules = HEAD_RULES if self.head_rules is None else self.head_rules
+        if task not in rules:
+            raise ValueError(f"converting task {task!r} is not supported for this architecture "
+                             f"(supported: {sorted(rules)})")
+        return rules[task]
+
+    def ignorable(self) -> list[str]:
+        return ((BENIGN_KEYS if self.benign_keys is None else self.benign_keys)
+                + (OTHER_HEAD_KEYS if self.other_head_keys is None else self.other_head_keys))
+
+    def hf_architecture(self, task: str) -> str:
+        names = HF_ARCHITECTURES if self.hf_architectures is None else self.hf_architectures
+        if task not in names:
+            raise ValueError(f"exporting task {task!r} is not supported for this architecture "
+                             f"(supported: {sorted(names)})")
+        return names[task]
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": Architecture(BertConfig, BertModel, BERT_BACKBONE_RULES, "bert."),
+    "modernbert": Architecture(
+        EncoderConfig, Encoder, MODERNBERT_BACKBONE_RULES, "model.", head_rules=MODERNBERT_HEAD_RULES,
+        benign_keys=[r"decoder\.weight"], other_head_keys=[r"head\..*", r"decoder\..*", r"classifier\..*"],
+        hf_architectures={"base": "ModernBertModel", "mlm": "ModernBertForMaskedLM"}),
 }
 
 # ----------------------------------------------------------------------------- errors / report
@@ -284,16 +346,16 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
         if prefix and key.startswith(prefix):
             sub = key[len(prefix):]
             rules, root = arch.backbone_rules, jax_root
-        elif not prefix and not any(re.fullmatch(p, key) for p in OTHER_HEAD_KEYS + BENIGN_KEYS):
+        elif not prefix and not any(re.fullmatch(p, key) for p in arch.ignorable()):
             sub, rules, root = key, arch.backbone_rules, jax_root
         else:
-            sub, rules, root = key, HEAD_RULES[task], ""
+            sub, rules, root = key, arch.rules_for(task), ""
         for rule in rules:
             if (path := rule.match_hf(sub)) is not None:
                 target = (root + path, rule)
                 break
         if target is None:
-            if any(re.fullmatch(p, sub) for p in BENIGN_KEYS + OTHER_HEAD_KEYS):
+            if any(re.fullmatch(p, sub) for p in arch.ignorable()):
                 report.ignored.append(key)
             else:
                 report.unexpected.append(key)
@@ -343,7 +405,7 @@ def params_to_hf(params: dict, config: Any, task: str = "base", arch: Architectu
         elif task == "base":
             sub, rules, prefix = path, arch.backbone_rules, ""
         else:
-            sub, rules, prefix = path, HEAD_RULES[task], ""
+            sub, rules, prefix = path, arch.rules_for(task), ""
         for rule in rules:
             if (key := rule.match_jax(sub)) is not None and not key.endswith((".gamma", ".beta")):
                 out[prefix + key] = np.ascontiguousarray(rule.transform.to_hf(value, config).astype(np.float32))
@@ -424,10 +486,13 @@ def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: st
     from safetensors.numpy import save_file
 
     path = Path(path)
+    if config.model_type not in ARCHITECTURES:
+        raise ValueError(f"config.model_type={config.model_type!r} has no Hugging Face format in jaxbert; "
+                         f"convertible: {sorted(ARCHITECTURES)}")
     arch = ARCHITECTURES[config.model_type]
     state = params_to_hf(params, config, task, arch)
     hf = config.to_hf_dict()
-    hf["architectures"] = [HF_ARCHITECTURES[task]]
+    hf["architectures"] = [arch.hf_architecture(task)]
     if task in ("sequence_classification", "token_classification"):
         n = state["classifier.weight"].shape[0]
         labels = id2label or {i: f"LABEL_{i}" for i in range(n)}

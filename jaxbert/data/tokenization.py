@@ -20,11 +20,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "TOKENIZER_MODELS",
     "bucket_length",
     "check_vocab",
     "encode_batch",
     "load_tokenizer",
     "tokenizer_vocab_size",
+    "round_vocab_size",
+    "tokenize_with_words",
+    "train_tokenizer",
 ]
 
 
@@ -186,3 +190,116 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
         if b >= n:
             return int(b)
     raise ValueError(f"length {n} exceeds the largest bucket {ordered[-1]} (buckets: {ordered})")
+
+
+# ----------------------------------------------------------------------------- training
+
+TOKENIZER_MODELS = ("wordpiece", "bpe", "unigram")
+# BERT-style special tokens for every model type, so maskers and heads find them the same way.
+SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                  "mask_token": "[MASK]"}
+
+
+def round_vocab_size(n: int, multiple_of: int = 64) -> int:
+    """``n`` rounded up to a multiple of ``multiple_of`` (MosaicBERT: 64 for tensor-core-friendly shapes)."""
+    if multiple_of < 1:
+        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
+    return int(-(-int(n) // multiple_of) * multiple_of)
+
+
+def _texts_for_training(texts: Any) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be an iterable of str (one document each), not a single str")
+    out = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not out:
+        raise ValueError("cannot train a tokenizer on an empty corpus (no non-blank text)")
+    return out
+
+
+def train_tokenizer(texts: Any, out_dir: str | os.PathLike, *, model: str = "wordpiece", vocab_size: int = 8192,
+                    lowercase: bool = True, min_frequency: int = 2, multiple_of: int = 64,
+                    model_max_length: int = 512) -> Path:
+    """Train a WordPiece, BPE (byte-level) or Unigram tokenizer and save it as an HF directory.
+
+    ``texts``: any iterable of str (e.g. ``(r["text"] for r in JsonlSource(path))``).
+    ``vocab_size`` is rounded up to a multiple of ``multiple_of``; if the corpus yields fewer
+    pieces, ``[unused{i}]`` special tokens pad the vocabulary to exactly that multiple (as BERT's
+    vocab does), so ``len(tokenizer) % multiple_of == 0`` always. Every model uses the BERT
+    special tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids 0-4) and the post-processor
+    ``[CLS] A [SEP] (B [SEP])``; word boundaries come from the pre-tokenizer and are available as
+    ``BatchEncoding.word_ids()`` (see :func:`tokenize_with_words`).
+
+    The directory loads with ``transformers.AutoTokenizer.from_pretrained(out_dir)``.
+
+    Raises:
+      ValueError: empty corpus, unknown model, or ``vocab_size`` too small for the special tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # pylint: disable=import-outside-toplevel
+    from transformers import PreTrainedTokenizerFast  # pylint: disable=import-outside-toplevel
+
+    if model not in TOKENIZER_MODELS:
+        raise ValueError(f"unknown tokenizer model {model!r}; known: {list(TOKENIZER_MODELS)}")
+    specials = list(SPECIAL_TOKENS.values())
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(specials):
+        raise ValueError(f"vocab_size={vocab_size!r} is not larger than the {len(specials)} special tokens "
+                         f"{specials}; a tokenizer needs room for real pieces")
+    corpus = _texts_for_training(texts)
+    target = round_vocab_size(vocab_size, multiple_of)
+
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    if model == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=lowercase,
+                                                    strip_accents=lowercase, handle_chinese_chars=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(vocab_size=target, min_frequency=min_frequency,
+                                            special_tokens=specials, continuing_subword_prefix="##")
+    elif model == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.normalizer = normalizers.Sequence(norm)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=target, min_frequency=min_frequency, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Sequence(norm)
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=target, special_tokens=specials, unk_token="[UNK]")
+    tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    n = tok.get_vocab_size(with_added_tokens=True)
+    if n % multiple_of:
+        tok.add_special_tokens([f"[unused{i}]" for i in range(round_vocab_size(n, multiple_of) - n)])
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **SPECIAL_TOKENS)
+    fast.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out))
+    return out
+
+
+def tokenize_with_words(tokenizer: Any, texts: Sequence[str], batch_size: int = 256
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Tokenize without special tokens: per text ``(token_ids int32 [n], word_ids int32 [n])``.
+
+    ``word_ids`` numbers the pre-tokenizer's words from 0 (the maskers' word boundaries).
+    """
+    out = []
+    for i in range(0, len(texts), batch_size):
+        chunk = list(texts[i:i + batch_size])
+        enc = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False,
+                        return_token_type_ids=False, verbose=False)  # long documents are chunked later
+        for j in range(len(chunk)):
+            words = enc.word_ids(j)
+            if words is None:
+                raise ValueError("word boundaries need a fast (tokenizers-backed) tokenizer")
+            out.append((np.asarray(enc["input_ids"][j], np.int32),
+                        np.asarray([-1 if w is None else w for w in words], np.int32)))
+    return out

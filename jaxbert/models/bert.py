@@ -29,7 +29,8 @@ from flax import struct
 from flax.core import meta
 
 from jaxbert.models.layers import extensions
-from jaxbert.models.layers.attention import ATTENTION_IMPLEMENTATIONS, MultiHeadAttention, combine_masks, padding_mask
+from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, MultiHeadAttention, combine_masks, padding_mask,
+                                             segment_mask)
 from jaxbert.models.layers.activations import ACTIVATIONS
 from jaxbert.models.layers.initializers import dense_init, zeros_init
 from jaxbert.models.layers.mlp import Mlp
@@ -133,6 +134,16 @@ class BertConfig:
         return out
 
 
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Position ids that restart at 0 where the segment id changes. ``[b, l] -> [b, l]`` int32."""
+    l = segment_ids.shape[-1]
+    idx = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), segment_ids.shape)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - first
+
+
 @struct.dataclass
 class EncoderOutput:
     """``last_hidden_state [b, l, embed]``; ``pooler_output [b, embed]`` or None; per-layer states if asked."""
@@ -215,6 +226,11 @@ class BertModel(nn.Module):
 
     Call with ``input_ids [b, l]`` (int), optional ``attention_mask [b, l]`` (1 = real token),
     ``token_type_ids [b, l]``, ``position_ids [b, l]``. Returns :class:`EncoderOutput`.
+
+    Packed rows (several sequences per row, :mod:`jaxbert.data.packing`): pass ``segment_ids
+    [b, l]`` (1, 2, ... per sequence, 0 = padding). Attention is then restricted to the token's
+    own segment (combined with ``attention_mask``) and, unless ``position_ids`` is given,
+    positions restart at 0 in every segment.
     """
 
     config: BertConfig
@@ -229,7 +245,8 @@ class BertModel(nn.Module):
             self.pooler = Pooler(cfg)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic: bool = True, output_hidden_states: bool = False) -> EncoderOutput:
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 segment_ids=None) -> EncoderOutput:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
         b, l = input_ids.shape
@@ -240,12 +257,21 @@ class BertModel(nn.Module):
             attention_mask = jnp.ones((b, l), jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((b, l), jnp.int32)
+        if segment_ids is not None:
+            if segment_ids.shape != (b, l):
+                raise ValueError(f"segment_ids shape {segment_ids.shape} != input_ids shape {(b, l)}")
+            if self.embedding_extensions:
+                raise ValueError("packed rows (segment_ids) cannot be combined with embedding extensions "
+                                 "that lengthen the sequence (soft prompts)")
+            if position_ids is None:
+                position_ids = segment_positions(segment_ids)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         for ext in self.embedding_extensions:  # e.g. soft prompts: may lengthen x and the mask
             x, attention_mask = ext(x, attention_mask, deterministic)
-        mask = combine_masks(padding_mask(attention_mask))
+        mask = combine_masks(padding_mask(attention_mask),
+                             None if segment_ids is None else segment_mask(segment_ids))
         states = [x] if output_hidden_states else None
         for layer in self.layers:
             x = layer(x, mask, deterministic)

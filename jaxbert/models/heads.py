@@ -35,17 +35,24 @@ class MaskedLMHead(nn.Module):
     initializer_range: float = 0.02
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    # ModernBERT's head: no dense bias, LayerNorm without bias (``classifier_bias`` / ``norm_bias``).
+    use_bias: bool = True
+    norm_bias: bool = True
+    decoder_bias: bool = True
 
     @nn.compact
     def __call__(self, hidden: jax.Array, embedding_table: jax.Array) -> jax.Array:
-        h = _dense(self.hidden_size, ("embed", "embed_out"), self.initializer_range, self.dtype,
-                   self.param_dtype, "transform")(hidden)
+        h = nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias,
+                     kernel_init=nn.with_logical_partitioning(dense_init(self.initializer_range), ("embed", "embed_out")),
+                     bias_init=nn.with_logical_partitioning(zeros_init, ("embed_out",)), name="transform")(hidden)
         h = get_activation(self.activation)(h)
-        h = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "transform_norm")(h)
-        bias = self.param("bias", nn.with_logical_partitioning(zeros_init, ("vocab",)),
-                          (self.vocab_size,), self.param_dtype)
+        h = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, "transform_norm", use_bias=self.norm_bias)(h)
         logits = jnp.einsum("...e,ve->...v", h, embedding_table.astype(self.dtype),
                             preferred_element_type=jnp.float32)
+        if not self.decoder_bias:
+            return logits
+        bias = self.param("bias", nn.with_logical_partitioning(zeros_init, ("vocab",)),
+                          (self.vocab_size,), self.param_dtype)
         return logits + bias.astype(jnp.float32)
 
 

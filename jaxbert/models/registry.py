@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from jaxbert.models.bert import BertConfig, BertModel
+from jaxbert.models import encoder as _encoder
+from jaxbert.models.encoder import Encoder, EncoderConfig
 
 # name -> (config factory, backbone class)
 _PRESETS: dict[str, tuple[Callable[[], Any], Any]] = {}
@@ -33,6 +35,9 @@ register("bert-base", _bert(12, 768, 12), BertModel)
 register("bert-large", _bert(24, 1024, 16), BertModel)
 # sentence-transformers/all-MiniLM-L6-v2 shape.
 register("minilm-l6-h384", _bert(6, 384, 12), BertModel)
+# The configurable block (jaxbert/models/encoder.py): MosaicBERT and ModernBERT, plus small test shapes.
+for _name in ("mosaicbert-base", "mosaicbert-tiny", "modernbert-base", "modernbert-large", "modernbert-tiny"):
+    register(_name, lambda _n=_name: _encoder.preset(_n), Encoder)
 
 
 def names() -> list[str]:
@@ -51,4 +56,5 @@ def get(name: str, **overrides: Any) -> tuple[Any, Any]:
     return (cfg.replace(**overrides) if overrides else cfg), backbone
 
 
-BACKBONES_BY_MODEL_TYPE: dict[str, tuple[type, Any]] = {"bert": (BertConfig, BertModel)}
+BACKBONES_BY_MODEL_TYPE: dict[str, tuple[type, Any]] = {"bert": (BertConfig, BertModel),
+                                                          "modernbert": (EncoderConfig, Encoder)}

@@ -43,13 +43,18 @@ class EncoderForMaskedLM(nn.Module):
     def setup(self):
         self.encoder = self.backbone(self.config)
         cfg = self.config
-        self.mlm_head = MaskedLMHead(cfg.hidden_size, cfg.vocab_size, activation=cfg.hidden_act,
-                                     layer_norm_eps=cfg.layer_norm_eps, initializer_range=cfg.initializer_range,
-                                     dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
+        # Architectures whose head differs from BERT's (ModernBERT: no biases) say so in their config.
+        options = dict(activation=cfg.hidden_act)
+        options.update(cfg.mlm_head_options() if hasattr(cfg, "mlm_head_options") else {})
+        self.mlm_head = MaskedLMHead(cfg.hidden_size, cfg.vocab_size, layer_norm_eps=cfg.layer_norm_eps,
+                                     initializer_range=cfg.initializer_range, dtype=cfg.compute_dtype,
+                                     param_dtype=cfg.storage_dtype, **options)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 masked_positions=None, deterministic: bool = True):
-        out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids, deterministic=deterministic)
+                 masked_positions=None, deterministic: bool = True, **encoder_kwargs):
+        """``encoder_kwargs`` go to the backbone (e.g. ``segment_ids``, ``unpad_index``)."""
+        out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids, deterministic=deterministic,
+                           **encoder_kwargs)
         h = out.last_hidden_state
         if masked_positions is not None:
             h = jnp.take_along_axis(h, masked_positions[..., None], axis=1)

@@ -16,4 +16,19 @@ def get_task(name: str) -> Any:
     if name == "classification":
         from jaxbert.tasks.classification import ClassificationTask
         return ClassificationTask
-    raise ValueError(f"unknown task {name!r}; known: ['classification']")
+    if name == "mlm":
+        from jaxbert.tasks.mlm import MaskedLMTask
+        return MaskedLMTask
+    if name in _FEATURE_TASKS:  # downstream tasks on pre-tokenized features (issue #10)
+        import importlib
+        module, cls = _FEATURE_TASKS[name]
+        return getattr(importlib.import_module(module), cls)
+    raise ValueError(f"unknown task {name!r}; known: {['classification', 'mlm', *_FEATURE_TASKS]}")
+
+
+_FEATURE_TASKS = {
+    "token_classification": ("jaxbert.tasks.token_classification", "TokenClassificationTask"),
+    "question_answering": ("jaxbert.tasks.question_answering", "QuestionAnsweringTask"),
+    "multilabel": ("jaxbert.tasks.multilabel", "MultiLabelTask"),
+    "regression": ("jaxbert.tasks.regression", "RegressionTask"),
+}

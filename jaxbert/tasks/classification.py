@@ -30,6 +30,7 @@ from jaxbert.data.tokenization import check_vocab, load_tokenizer
 from jaxbert.eval.metrics import accuracy_and_f1
 from jaxbert.models import build_task_model, registry
 from jaxbert.objectives.classification import softmax_cross_entropy
+from jaxbert import peft as peft_lib
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -94,6 +95,12 @@ class ClassificationTask:
         check_vocab(self.tokenizer, self.model_config.vocab_size)
         self.max_length = int(data.max_length)
         self.sample_input = {k: np.zeros((1, self.max_length), np.int32) for k in MODEL_INPUTS}
+        # PEFT (config.peft.method != 'none'): wrap the model, add the method's leaves to the params.
+        attached = peft_lib.attach(self.model, peft_lib.build(config.get("peft"), self.model_config, self.tokenizer),
+                                   self.pretrained_params, self.sample_input, seed=config.seed)
+        self.peft = None if attached is None else attached.model
+        if attached is not None:
+            self.model, self.pretrained_params = attached.model, attached.params
 
     # -------------------------------------------------------------------- data
     def train_iterator(self, batch_size: int, seed: int):
@@ -142,6 +149,8 @@ class ClassificationTask:
     def export(self, params, path: str | os.PathLike) -> Path:
         """HF directory that ``transformers.BertForSequenceClassification`` loads, with the tokenizer."""
         id2label = {i: str(label) for i, label in enumerate(self.label_map.labels)}
+        if self.peft is not None:  # fold the PEFT update into plain weights (PeftError if impossible)
+            params = self.peft.merge(jax.device_get(params))
         out = hf_convert.save_pretrained(path, jax.device_get(params), self.model_config,
                                          task="sequence_classification", id2label=id2label)
         self.tokenizer.save_pretrained(str(out))

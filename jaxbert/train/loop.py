@@ -88,7 +88,15 @@ class Trainer:
         optim_cfg.total_steps = self.total_steps
         params_abstract = nn.unbox(jax.eval_shape(lambda r: self.task.model.init(r, **self.task.sample_input),
                                                   jax.random.key(0))["params"])
-        self.tx, self.optim_info = optim_lib.make_optimizer(optim_cfg, params_abstract)
+        # PEFT (config.peft.method != 'none'; see jaxbert/peft): the task wrapped its model; the method
+        # labels the leaves (frozen base), may wrap the optimizer (HFT) and register step hooks (DSEE).
+        self.peft = getattr(self.task, "peft", None)
+        labels = self.peft.method.labels(params_abstract) if self.peft is not None else None
+        self.tx, self.optim_info = optim_lib.make_optimizer(optim_cfg, params_abstract, labels=labels)
+        if self.peft is not None:
+            self.tx = self.peft.method.wrap_optimizer(
+                self.tx, total_steps=self.total_steps, seed=config.seed,
+                steps_per_epoch=max(1, len(self.task.train_source) // config.batch_size))
         self.schedule = self.optim_info["schedule"]
         self.shardings = state_shardings(self.task.model, self.tx, self.mesh, self.rules, self.task.sample_input)
         if self.shardings.fallbacks:
@@ -96,6 +104,9 @@ class Trainer:
                  f"{[f'{p} dim {d} ({n})' for p, d, n, _, _ in self.shardings.fallbacks]}")
         self.train_step = jit_train_step(make_train_step(self.task.loss_fn, self.tx, config.grad_accum_steps),
                                          self.shardings.state, self._batch_shardings, self.mesh)
+        self.peft_hooks = {} if self.peft is None else {  # step -> params transform, same shardings
+            k: jax.jit(f, out_shardings=self.shardings.params)
+            for k, f in self.peft.method.step_hooks(self.total_steps).items()}
         self.eval_step = jax.jit(self.task.predict_fn, in_shardings=(self.shardings.params, self._batch_shardings),
                                  out_shardings=NamedSharding(self.mesh, P()))
 
@@ -167,6 +178,9 @@ class Trainer:
                                    int(batch["attention_mask"].sum()) * jax.process_count())
                     state, m = self.train_step(state, mesh_lib.shard_batch(batch, self.mesh, self.rules))
                     step += 1
+                    if step in self.peft_hooks:
+                        state = state.replace(params=self.peft_hooks[step](state.params))
+                        _say(f"peft {self.peft.method.name}: step hook ran after step {step}")
                     m = {k: float(v) for k, v in jax.device_get(m).items()}
                     w = max(m.pop("weight"), 1.0)
                     row = {k: (v / w if k in ("loss", "accuracy") else v) for k, v in m.items()}
@@ -206,8 +220,16 @@ class Trainer:
             if jax.process_index() == 0:
                 _write_json_atomic(self.workdir / "eval_results.json", {"step": step, **eval_results})
             if cfg.get("export_hf", True) and jax.process_index() == 0:
-                export_dir = self.task.export(state.params, self.workdir / "export")
-                result["export_dir"] = str(export_dir)
+                if self.peft is not None:  # adapter-only checkpoint (small), then a merged export if possible
+                    from jaxbert.peft.checkpoint import save_adapter
+                    info = save_adapter(self.workdir / "adapter", state.params, self.peft.method)
+                    result.update(adapter_dir=str(info.path), adapter_bytes=info.size_bytes)
+                if self.peft is None or self.peft.method.mergeable:
+                    export_dir = self.task.export(state.params, self.workdir / "export")
+                    result["export_dir"] = str(export_dir)
+                else:
+                    _say(f"peft method {self.peft.method.name!r} adds modules to the model: no plain HF export, "
+                         f"adapter saved to {self.workdir / 'adapter'}")
             result.update(status="done", step=step, eval=eval_results)
             self.final_state = state
             return result

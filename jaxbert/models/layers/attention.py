@@ -14,7 +14,14 @@ import flax.linen as nn
 
 from jaxbert.models.layers.linear import DenseND
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product_attention")
+ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product_attention", "cudnn")
+
+
+def _cudnn_applies(query: jax.Array) -> bool:
+    """cuDNN fused attention: GPU backend, fp16/bf16, head dim a multiple of 8 up to 128."""
+    d = query.shape[-1]
+    return (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
+            and d % 8 == 0 and d <= 128)
 
 
 def padding_mask(attention_mask: jax.Array) -> jax.Array:
@@ -70,14 +77,24 @@ def dot_product_attention(
     ``implementation="dot_product_attention"`` calls ``jax.nn.dot_product_attention``, which
     uses cuDNN fused attention on GPU when the mask form allows; it has no attention dropout,
     so it is only used when dropout is off (it falls back to the reference otherwise).
+    ``implementation="cudnn"`` is the same call asking for cuDNN flash attention (the mask becomes
+    a bias) where it applies (GPU, bf16/fp16, head dim <= 128 and a multiple of 8), and jax's XLA
+    path elsewhere, so one config runs on CPU and GPU.
     Rows whose mask is all False (e.g. pad queries) produce a uniform average, never NaN.
     """
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}; "
                          f"known: {ATTENTION_IMPLEMENTATIONS}")
     use_dropout = dropout_rate > 0.0 and not deterministic
-    if implementation == "dot_product_attention" and not use_dropout:
-        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+    if implementation in ("dot_product_attention", "cudnn") and not use_dropout:
+        impl = "cudnn" if implementation == "cudnn" and _cudnn_applies(query) else None
+        if impl == "cudnn":  # cuDNN takes the mask as a bias with full [b, 1|h, q, k] extent
+            full = (query.shape[0], 1, query.shape[1], key.shape[1])
+            if mask is not None:
+                mask = jnp.broadcast_to(mask, jnp.broadcast_shapes(mask.shape, full))
+            if bias is not None:
+                bias = jnp.broadcast_to(bias, jnp.broadcast_shapes(bias.shape, full)).astype(query.dtype)
+        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation=impl)
     dtype = query.dtype
     depth = query.shape[-1]
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)

@@ -33,3 +33,38 @@ class Mlp(nn.Module):
                         kernel_init=nn.with_logical_partitioning(dense_init(self.initializer_range), ("mlp", "embed")),
                         bias_init=nn.with_logical_partitioning(zeros_init, ("embed",)),
                         dtype=self.dtype, param_dtype=self.param_dtype, name="wo")(h)
+
+
+class GluMlp(nn.Module):
+    """Gated MLP (GeGLU / SwiGLU / ...): ``wo(act(x W_in) * (x W_gate))``.
+
+    One input kernel ``wi [embed, 2, mlp]`` (logical axes ``embed, None, mlp``) computes both
+    halves in one matmul: ``wi[:, 0]`` is the activated half and ``wi[:, 1]`` the linear gate,
+    the order of ModernBERT's ``Wi`` (``input, gate = Wi(x).chunk(2)``) and MosaicBERT's
+    ``gated_layers``. ``activation="gelu"`` gives GeGLU, ``"silu"`` SwiGLU.
+    """
+
+    intermediate_size: int
+    activation: str = "gelu"
+    in_bias: bool = False
+    out_bias: bool = False
+    initializer_range: float = 0.02
+    out_initializer_range: float | None = None
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        """``x [..., embed] -> [..., embed]``."""
+        from jaxbert.models.layers.linear import DenseND
+
+        h = DenseND(features=(2, self.intermediate_size), kernel_axes=("embed", None, "mlp"),
+                    bias_axes=(None, "mlp"), use_bias=self.in_bias, initializer_range=self.initializer_range,
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="wi")(x)
+        h = get_activation(self.activation)(h[..., 0, :]) * h[..., 1, :]
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        out_range = self.initializer_range if self.out_initializer_range is None else self.out_initializer_range
+        return DenseND(features=(x.shape[-1],), kernel_axes=("mlp", "embed"), bias_axes=("embed",),
+                       use_bias=self.out_bias, initializer_range=out_range,
+                       dtype=self.dtype, param_dtype=self.param_dtype, name="wo")(h)

@@ -18,3 +18,28 @@ def layer_norm(eps: float, dtype, param_dtype, name: str, use_bias: bool = True)
                         scale_init=nn.with_logical_partitioning(ones_init, ("embed",)),
                         bias_init=nn.with_logical_partitioning(zeros_init, ("embed",)),
                         name=name)
+
+
+NORM_TYPES = ("layernorm", "rmsnorm")
+
+
+def make_norm(kind: str, eps: float, dtype, param_dtype, name: str, use_bias: bool = True,
+              low_precision: bool = False) -> nn.Module:
+    """LayerNorm (with or without bias) or RMSNorm, parameters on the ``embed`` logical axis.
+
+    ``low_precision=False`` (default) computes the statistics in float32 whatever the input
+    dtype; ``low_precision=True`` keeps them in the compute ``dtype`` (a bf16 LayerNorm: less
+    memory traffic, looser numerics; what "low-precision LayerNorm" means in MosaicBERT recipes).
+    ``use_bias`` is ignored by RMSNorm, which has none.
+    """
+    if kind == "layernorm":
+        return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias,
+                            force_float32_reductions=not low_precision,
+                            scale_init=nn.with_logical_partitioning(ones_init, ("embed",)),
+                            bias_init=nn.with_logical_partitioning(zeros_init, ("embed",)),
+                            name=name)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                          force_float32_reductions=not low_precision,
+                          scale_init=nn.with_logical_partitioning(ones_init, ("embed",)), name=name)
+    raise ValueError(f"unknown norm type {kind!r}; known: {NORM_TYPES}")

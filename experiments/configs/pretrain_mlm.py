@@ -1,0 +1,105 @@
+r"""Pretrain a BERT-family encoder from scratch with masked language modeling.
+
+Run (a tokenizer is trained on the Brown train documents first; held-out = the Brown
+validation documents listed in ../shared/data/README.md):
+
+    python -m experiments.launch --config experiments/configs/pretrain_mlm.py:mini,span \
+        --workdir runs/pretrain_mini_span
+
+then fine-tune the export on trec:
+
+    python -m experiments.launch --config experiments/configs/finetune_classification.py:trec \
+        --config.model.init_from=runs/pretrain_mini_span/export --workdir runs/trec_from_mini_span
+
+Argument: ``<size>,<masking>[,flag...]``
+
+* size: ``tiny`` (2L/128H), ``mini`` (4L/256H), ``small`` (4L/512H), ``base`` (12L/768H), or
+  any registry preset name (e.g. another engineer's architecture).
+* masking: ``random``, ``whole_word``, ``span`` (SpanBERT), ``ngram`` (ERNIE-Gram), ``mixture``
+  (whole_word / span / random at 0.4 / 0.4 / 0.2, LegalTurk-style).
+* flags: ``mosaic`` (MosaicBERT recipe: 30% masking, bf16 compute, 6% warmup + linear decay,
+  lr 5e-4), ``decoder`` / ``gua`` (DrBERT decoder: 2 blocks, plain or gradual-unmasking),
+  ``nopack`` (one sequence per row), ``runlocal`` (a seconds-long smoke run on 40 documents).
+
+Other text: ``--config.data.train=a.jsonl,b.jsonl.gz --config.mlm.id_field=None`` (any JSONL with
+a ``text`` field; ``--config.data.validation=held_out.jsonl`` for a held-out file).
+"""
+
+from __future__ import annotations
+
+from experiments.configs.common import base_config
+from experiments.configs.finetune_classification import data_root
+
+SIZES = {"tiny": "bert-tiny", "mini": "bert-mini", "small": "bert-small", "base": "bert-base"}
+MASKINGS = ("random", "whole_word", "span", "ngram", "mixture")
+FLAGS = ("mosaic", "decoder", "gua", "nopack", "runlocal")
+
+# ../shared/data/README.md, "brown": split by document, seed 0, 80/10/10.
+BROWN_VALIDATION = ("ca22 ca31 ca36 ca37 ca39 cb13 cb27 cc07 cd05 ce27 ce29 ce31 cf02 cf08 cf17 cf18 cf29 cg02 "
+                    "cg08 cg12 cg26 cg34 cg47 cg54 cg67 ch01 ch02 ch20 cj01 cj11 cj21 cj25 cj29 cj31 cj43 cj54 "
+                    "ck08 ck12 ck23 cl05 cl06 cl19 cn02 cn09 cn14 cp05 cp13 cp19 cr02").split()
+BROWN_TEST = ("ca07 ca20 ca27 ca42 cb18 cb22 cb23 cc04 cc16 cd08 cd12 ce13 ce17 ce23 ce26 cf06 cf07 cf26 cf31 "
+              "cf41 cg27 cg41 cg46 cg56 cg57 cg62 cg71 ch04 ch12 ch27 cj17 cj37 cj40 cj46 cj50 cj62 cj76 cj79 "
+              "ck04 ck09 ck24 cl02 cl09 cm03 cn13 cn25 cn28 cp04 cp16 cp20 cr08").split()
+
+
+def get_config(arg: str = "mini,random"):
+    parts = [p for p in (arg or "mini,random").split(",") if p]
+    if len(parts) < 2:
+        raise ValueError(f"expected '<size>,<masking>[,flags]', got {arg!r}; sizes {sorted(SIZES)}, "
+                         f"maskings {list(MASKINGS)}, flags {list(FLAGS)}")
+    size, masking, flags = parts[0], parts[1], set(parts[2:])
+    if masking not in MASKINGS:
+        raise ValueError(f"unknown masking {masking!r}; known: {list(MASKINGS)}")
+    unknown = flags - set(FLAGS)
+    if unknown:
+        raise ValueError(f"unknown flags {sorted(unknown)}; known: {list(FLAGS)}")
+    c = base_config()
+    c.task = "mlm"
+    c.model.init_from = None
+    c.model.preset = SIZES.get(size, size)
+    c.data.train = str(data_root() / "brown" / "text.jsonl.gz")
+    c.data.text_field = "text"
+    c.data.max_length = 128
+    c.mlm.id_field = "doc_id"
+    c.mlm.validation_ids = tuple(BROWN_VALIDATION)
+    c.mlm.test_ids = tuple(BROWN_TEST)
+    c.eval_splits = ("validation",)
+    c.mlm.masking = masking
+    if masking == "mixture":
+        c.mlm.mixture = (("whole_word", 0.4), ("span", 0.4), ("random", 0.2))
+    c.mlm.tokenizer.model = "wordpiece"
+    c.mlm.tokenizer.vocab_size = 8192
+    c.mlm.packing = "nopack" not in flags
+    c.checkpoint.best_metric = "validation/accuracy"
+
+    c.batch_size = 64
+    c.eval_batch_size = 128
+    c.num_epochs = 8.0  # Brown train: ~9.4k rows of 128 tokens
+    c.optim.learning_rate = 1e-3 if size in ("tiny", "mini") else 5e-4
+    c.optim.warmup_ratio = 0.06
+    c.optim.weight_decay = 0.01
+    c.optim.b2 = 0.98
+    c.optim.eps = 1e-6
+    c.log_every = 50
+    c.eval_every = 500
+    if "mosaic" in flags:
+        c.mlm.rate = 0.30
+        c.model.overrides.dtype = "bfloat16"
+        c.optim.learning_rate = 5e-4
+        c.optim.schedule = "linear"
+        c.optim.warmup_ratio = 0.06
+    if "decoder" in flags or "gua" in flags:
+        c.mlm.decoder.kind = "gua" if "gua" in flags else "blocks"
+        c.mlm.decoder.num_layers = 2
+    if "runlocal" in flags:
+        c.mlm.max_documents = 40
+        c.data.max_length = 64
+        c.batch_size = 8
+        c.eval_batch_size = 32
+        c.num_train_steps = 6
+        c.log_every = 2
+        c.eval_every = 0
+        c.mlm.tokenizer.vocab_size = 2000
+        c.mlm.ngram.min_count = 2
+    return c

@@ -1,0 +1,609 @@
+"""One configurable encoder block for the BERT family: BERT, MosaicBERT, ModernBERT and their ablations.
+
+Every variant is the same :class:`EncoderBlock`; the config chooses
+
+============================ ==========================================================================
+norm position                ``"post"`` (BERT, MosaicBERT: ``x = N(x + f(x))``) or ``"pre"`` (ModernBERT:
+                             ``x = x + f(N(x))``)
+norm type                    ``"layernorm"`` (``norm_bias`` on/off) or ``"rmsnorm"``; ``low_precision_norm``
+                             keeps statistics in the compute dtype (bf16 LayerNorm)
+positions                    ``"absolute"`` (learned table), ``"alibi"`` (symmetric distance bias), ``"rope"``
+                             (``rope_theta`` for global layers, ``local_rope_theta`` for sliding ones), ``"none"``
+MLP                          ``"mlp"`` (``hidden_act``: GELU, ...) or ``"glu"`` (GeGLU with gelu, SwiGLU with silu)
+biases                       ``attention_bias``, ``mlp_in_bias``, ``mlp_out_bias``, ``norm_bias``
+embedding / final norm       ``embedding_norm``, ``final_norm``; ``first_layer_attention_norm=False`` drops
+                             layer 0's pre-attention norm (ModernBERT: the embedding norm already did it)
+attention pattern            ``"global"``, ``"sliding"`` (window ``local_attention``: a token sees
+                             ``|i - j| <= local_attention // 2``), ``"alternating"`` (global every
+                             ``global_attn_every_n_layers`` layers, from layer 0), or explicit ``layer_types``
+q/k/v layout                 ``"separate"`` (``query/key/value`` kernels, BERT names) or ``"fused"``
+                             (one ``qkv [embed, 3, heads, kv]`` kernel: one matmul, ModernBERT's ``Wqkv``)
+execution                    ``unpad`` (gather real tokens into a packed stream, see
+                             :mod:`jaxbert.models.layers.unpad`); ``attention_implementation``; ``dtype`` /
+                             ``param_dtype``; ``remat``
+============================ ==========================================================================
+
+All masks (padding, segments, sliding windows) and the ALiBi bias are built once from position
+ids and composed in :func:`jaxbert.models.layers.attention.dot_product_attention`.
+
+Parameter tree (``L`` layers; names shared with :class:`jaxbert.models.bert.BertModel`, so a
+``bert-base``-shaped config of this block takes BertModel params unchanged)::
+
+    embeddings/word_embeddings/embedding         [vocab, embed]
+    embeddings/position_embeddings/embedding     [max_position, embed]   (absolute positions)
+    embeddings/token_type_embeddings/embedding   [type_vocab, embed]     (type_vocab_size > 0)
+    embeddings/norm/{scale[,bias]}               [embed]                 (embedding_norm)
+    layer_{i}/attention/{query,key,value}/kernel [embed, heads, kv]      (separate) [bias [heads, kv]]
+    layer_{i}/attention/qkv/kernel               [embed, 3, heads, kv]   (fused)    [bias [3, heads, kv]]
+    layer_{i}/attention/out/kernel               [heads, kv, embed]      [bias [embed]]
+    layer_{i}/attention_norm/{scale[,bias]}      [embed]   (absent in layer 0 when first_layer_attention_norm=False)
+    layer_{i}/mlp/wi/kernel [embed, mlp] (mlp) or [embed, 2, mlp] (glu); mlp/wo/kernel [mlp, embed]; biases
+    layer_{i}/mlp_norm/{scale[,bias]}            [embed]
+    final_norm/{scale[,bias]}                    [embed]                 (final_norm)
+    pooler/dense/{kernel,bias}                   (add_pooling_layer)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+from flax.core import meta
+
+from jaxbert.models.bert import DTYPES, EncoderOutput, Pooler, segment_positions
+from jaxbert.models.layers import extensions
+from jaxbert.models.layers import positions as pos_lib
+from jaxbert.models.layers import unpad as unpad_lib
+from jaxbert.models.layers.activations import ACTIVATIONS
+from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, combine_masks, dot_product_attention,
+                                             padding_mask, segment_mask)
+from jaxbert.models.layers.initializers import dense_init
+from jaxbert.models.layers.linear import DenseND
+from jaxbert.models.layers.mlp import GluMlp, Mlp
+from jaxbert.models.layers.norms import NORM_TYPES, make_norm
+
+NORM_POSITIONS = ("post", "pre")
+POSITION_TYPES = ("absolute", "alibi", "rope", "none")
+MLP_TYPES = ("mlp", "glu")
+ATTENTION_PATTERNS = ("global", "sliding", "alternating")
+LAYER_TYPES = ("global", "sliding")
+QKV_LAYOUTS = ("separate", "fused")
+HF_LAYER_TYPES = {"full_attention": "global", "sliding_attention": "sliding"}
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; expected one of {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Hyper-parameters of the configurable encoder (see the module docstring for the switches).
+
+    Field names that BERT configs share (``hidden_size``, ``hidden_act``, ``layer_norm_eps``,
+    dropout probabilities, ...) keep the ``transformers.BertConfig`` names, so task wrappers and
+    the engine treat this config like :class:`~jaxbert.models.bert.BertConfig`.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2  # 0 = no token-type embeddings
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+    # -- block
+    norm_position: str = "post"
+    norm_type: str = "layernorm"
+    norm_bias: bool = True
+    layer_norm_eps: float = 1e-12
+    low_precision_norm: bool = False
+    embedding_norm: bool = True
+    final_norm: bool = False
+    first_layer_attention_norm: bool = True
+    position_embedding_type: str = "absolute"
+    rope_theta: float = 10000.0
+    local_rope_theta: float | None = None
+    mlp_type: str = "mlp"
+    hidden_act: str = "gelu"
+    attention_bias: bool = True
+    mlp_in_bias: bool = True
+    mlp_out_bias: bool = True
+    qkv_layout: str = "separate"
+    attention_pattern: str = "global"
+    local_attention: int = 128
+    global_attn_every_n_layers: int = 3
+    layer_types: tuple[str, ...] | None = None
+    # -- dropout
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    embedding_dropout_prob: float | None = None  # None: hidden_dropout_prob
+    classifier_dropout: float | None = None
+    # -- MLM head (EncoderForMaskedLM): dense -> act -> norm -> tied decoder
+    head_act: str | None = None  # None: hidden_act
+    head_bias: bool = True
+    head_norm_bias: bool = True
+    decoder_bias: bool = True
+    add_pooling_layer: bool = False
+    # -- execution
+    unpad: bool = False
+    unpad_row_length: int | None = None  # host plans: stream row length (None: the batch's length)
+    unpad_buckets: int = 4  # host plans: number of stream-row bucket sizes
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_implementation: str = "xla"
+    remat: bool = False
+    extensions: tuple = ()
+    model_type: str = "jaxbert-encoder"  # "modernbert" = convertible to/from transformers' ModernBERT
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
+                             f"num_attention_heads={self.num_attention_heads}")
+        _choice("norm_position", self.norm_position, NORM_POSITIONS)
+        _choice("norm_type", self.norm_type, NORM_TYPES)
+        _choice("position_embedding_type", self.position_embedding_type, POSITION_TYPES)
+        _choice("mlp_type", self.mlp_type, MLP_TYPES)
+        _choice("qkv_layout", self.qkv_layout, QKV_LAYOUTS)
+        _choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
+        _choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
+        for field in ("hidden_act",) + (("head_act",) if self.head_act is not None else ()):
+            _choice(field, getattr(self, field), tuple(sorted(ACTIVATIONS)))
+        for field in ("dtype", "param_dtype"):
+            _choice(field, getattr(self, field), tuple(sorted(DTYPES)))
+        if self.position_embedding_type == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE rotates pairs of features and needs an even head dimension; "
+                             f"hidden_size={self.hidden_size} / num_attention_heads={self.num_attention_heads} "
+                             f"= {self.head_dim}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise ValueError(f"layer_types has {len(self.layer_types)} entries for "
+                                 f"num_hidden_layers={self.num_hidden_layers}")
+            for t in self.layer_types:
+                _choice("layer_types entry", t, LAYER_TYPES)
+        if self.global_attn_every_n_layers < 1:
+            raise ValueError(f"global_attn_every_n_layers must be >= 1, got {self.global_attn_every_n_layers}")
+        if "sliding" in self.attention_layer_types:
+            if self.local_attention < 2:
+                raise ValueError(f"local_attention={self.local_attention} must be >= 2 (a token sees "
+                                 "|i - j| <= local_attention // 2)")
+            if self.local_attention > self.max_position_embeddings:
+                raise ValueError(f"local_attention={self.local_attention} (sliding window) is larger than "
+                                 f"max_position_embeddings={self.max_position_embeddings}: every window "
+                                 "would cover the whole sequence; use attention_pattern='global' instead")
+        if self.mlp_type == "mlp" and self.mlp_in_bias != self.mlp_out_bias:
+            raise ValueError("mlp_type='mlp' has one bias switch: set mlp_in_bias == mlp_out_bias")
+        if self.unpad_buckets < 1:
+            raise ValueError(f"unpad_buckets must be >= 1, got {self.unpad_buckets}")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def storage_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    @property
+    def attention_layer_types(self) -> tuple[str, ...]:
+        """``"global"`` / ``"sliding"`` per layer."""
+        if self.layer_types is not None:
+            return tuple(self.layer_types)
+        if self.attention_pattern == "global":
+            return ("global",) * self.num_hidden_layers
+        if self.attention_pattern == "sliding":
+            return ("sliding",) * self.num_hidden_layers
+        n = self.global_attn_every_n_layers
+        return tuple("global" if i % n == 0 else "sliding" for i in range(self.num_hidden_layers))
+
+    def rope_theta_for(self, layer_type: str) -> float:
+        if layer_type == "sliding" and self.local_rope_theta is not None:
+            return self.local_rope_theta
+        return self.rope_theta
+
+    def replace(self, **changes: Any) -> "EncoderConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extensions"}
+        out["layer_types"] = list(self.layer_types) if self.layer_types is not None else None
+        out["extensions"] = [{"type": type(e).__name__, **dataclasses.asdict(e)} for e in self.extensions]
+        return out
+
+    def mlm_head_options(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`jaxbert.models.heads.MaskedLMHead` (read by EncoderForMaskedLM)."""
+        return {"activation": self.head_act or self.hidden_act, "use_bias": self.head_bias,
+                "norm_bias": self.head_norm_bias, "decoder_bias": self.decoder_bias}
+
+    def non_embedding_param_count(self) -> int:
+        """Parameters of the encoder body (attention, MLP, norms; no embedding tables, head or pooler)."""
+        e, h, d, m = self.hidden_size, self.num_attention_heads, self.head_dim, self.intermediate_size
+        nb = 2 if self.norm_type == "layernorm" and self.norm_bias else 1
+        attn = 3 * e * h * d + h * d * e + (3 * h * d + e if self.attention_bias else 0)
+        mlp_in = e * m * (2 if self.mlp_type == "glu" else 1)
+        mlp = mlp_in + m * e + (mlp_in // e if self.mlp_in_bias else 0) + (e if self.mlp_out_bias else 0)
+        norms = 2 * self.num_hidden_layers - (0 if self.first_layer_attention_norm or self.norm_position == "post" else 1)
+        total = self.num_hidden_layers * (attn + mlp) + norms * nb * e
+        total += nb * e * (int(self.embedding_norm) + int(self.final_norm))
+        return total
+
+    # ------------------------------------------------------------------ transformers' ModernBERT
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], **overrides: Any) -> "EncoderConfig":
+        """Build from a transformers ``ModernBertConfig`` dict (``model_type="modernbert"``)."""
+        model_type = hf.get("model_type")
+        if model_type != "modernbert":
+            raise ValueError(f"config has model_type={model_type!r}; EncoderConfig reads 'modernbert' configs")
+        rope = hf.get("rope_parameters") or {}
+        for kind, params in rope.items():
+            if params and params.get("rope_type", "default") != "default":
+                raise ValueError(f"rope_parameters[{kind!r}] has rope_type={params['rope_type']!r}; "
+                                 "only 'default' RoPE is supported")
+        global_theta = (rope.get("full_attention") or {}).get("rope_theta", hf.get("global_rope_theta", 160000.0))
+        local_theta = (rope.get("sliding_attention") or {}).get("rope_theta", hf.get("local_rope_theta", 10000.0))
+        n_layers = hf.get("num_hidden_layers", 22)
+        every = hf.get("global_attn_every_n_layers", 3)
+        layer_types = hf.get("layer_types")
+        if layer_types is None:
+            layer_types = ["sliding_attention" if i % every else "full_attention" for i in range(n_layers)]
+        unknown = sorted(set(layer_types) - set(HF_LAYER_TYPES))
+        if unknown:
+            raise ValueError(f"layer_types has unknown entries {unknown}; known: {sorted(HF_LAYER_TYPES)}")
+        head_act = hf.get("classifier_activation", "gelu")
+        kwargs = dict(
+            vocab_size=hf.get("vocab_size", 50368), hidden_size=hf.get("hidden_size", 768),
+            num_hidden_layers=n_layers, num_attention_heads=hf.get("num_attention_heads", 12),
+            intermediate_size=hf.get("intermediate_size", 1152),
+            max_position_embeddings=hf.get("max_position_embeddings", 8192),
+            pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 50283,
+            initializer_range=hf.get("initializer_range", 0.02),
+            layer_norm_eps=hf.get("norm_eps", 1e-5), norm_bias=hf.get("norm_bias", False),
+            hidden_act=hf.get("hidden_activation", "gelu"),
+            attention_bias=hf.get("attention_bias", False),
+            mlp_in_bias=hf.get("mlp_bias", False), mlp_out_bias=hf.get("mlp_bias", False),
+            rope_theta=float(global_theta), local_rope_theta=float(local_theta),
+            local_attention=hf.get("local_attention", 128), global_attn_every_n_layers=every,
+            layer_types=tuple(HF_LAYER_TYPES[t] for t in layer_types),
+            attention_pattern="alternating",
+            hidden_dropout_prob=hf.get("mlp_dropout", 0.0),
+            attention_probs_dropout_prob=hf.get("attention_dropout", 0.0),
+            embedding_dropout_prob=hf.get("embedding_dropout", 0.0),
+            classifier_dropout=hf.get("classifier_dropout", 0.0),
+            head_act=None if head_act == hf.get("hidden_activation", "gelu") else head_act,
+            head_bias=hf.get("classifier_bias", False), head_norm_bias=hf.get("norm_bias", False),
+            decoder_bias=hf.get("decoder_bias", True),
+        )
+        if not hf.get("tie_word_embeddings", True):
+            raise ValueError("tie_word_embeddings=False is not supported (the MLM decoder is tied)")
+        base = modernbert_config(**kwargs)
+        return base.replace(**overrides) if overrides else base
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A ``config.json`` dict that ``transformers.ModernBertConfig`` reads (ModernBERT-shaped configs only)."""
+        expect = dict(norm_position="pre", norm_type="layernorm", position_embedding_type="rope", mlp_type="glu",
+                      qkv_layout="fused", embedding_norm=True, final_norm=True, first_layer_attention_norm=False,
+                      type_vocab_size=0, add_pooling_layer=False)
+        wrong = {k: getattr(self, k) for k, v in expect.items() if getattr(self, k) != v}
+        if self.mlp_in_bias != self.mlp_out_bias:
+            wrong["mlp_in_bias/mlp_out_bias"] = (self.mlp_in_bias, self.mlp_out_bias)
+        if self.head_norm_bias != self.norm_bias:
+            wrong["head_norm_bias"] = self.head_norm_bias
+        if wrong:
+            raise ValueError(f"this config is not expressible as a transformers ModernBertConfig: {wrong} "
+                             f"(ModernBERT needs {expect})")
+        local = self.local_rope_theta if self.local_rope_theta is not None else self.rope_theta
+        return {
+            "model_type": "modernbert", "architectures": ["ModernBertModel"],
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers, "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size, "max_position_embeddings": self.max_position_embeddings,
+            "pad_token_id": self.pad_token_id, "initializer_range": self.initializer_range,
+            "norm_eps": self.layer_norm_eps, "norm_bias": self.norm_bias, "hidden_activation": self.hidden_act,
+            "attention_bias": self.attention_bias, "mlp_bias": self.mlp_in_bias,
+            "layer_types": [{"global": "full_attention", "sliding": "sliding_attention"}[t]
+                            for t in self.attention_layer_types],
+            "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},
+                                "sliding_attention": {"rope_type": "default", "rope_theta": local}},
+            "local_attention": self.local_attention,
+            "global_attn_every_n_layers": self.global_attn_every_n_layers,
+            "mlp_dropout": self.hidden_dropout_prob, "attention_dropout": self.attention_probs_dropout_prob,
+            "embedding_dropout": self.embedding_dropout_prob if self.embedding_dropout_prob is not None
+            else self.hidden_dropout_prob,
+            "classifier_dropout": self.classifier_dropout or 0.0,
+            "classifier_activation": self.head_act or self.hidden_act, "classifier_bias": self.head_bias,
+            "decoder_bias": self.decoder_bias, "tie_word_embeddings": True,
+            # ModernBERT's special-token ids where the vocabulary has them (transformers warns otherwise).
+            **{k: (v if v < self.vocab_size else None) for k, v in (
+                ("bos_token_id", 50281), ("cls_token_id", 50281), ("eos_token_id", 50282),
+                ("sep_token_id", 50282))},
+        }
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def bert_config(**kw: Any) -> EncoderConfig:
+    """BERT on this block: post-norm LayerNorm with bias, learned absolute positions, GELU MLP."""
+    return EncoderConfig(**kw)
+
+
+def mosaicbert_config(**kw: Any) -> EncoderConfig:
+    """MosaicBERT (mosaicml/examples ``bert_layers.py``): post-norm, ALiBi, GeGLU (``wi`` without bias),
+    fused q/k/v, no attention-probability dropout, vocabulary padded to a multiple of 8 (30528)."""
+    base = dict(vocab_size=30528, position_embedding_type="alibi", mlp_type="glu", mlp_in_bias=False,
+                mlp_out_bias=True, qkv_layout="fused", attention_probs_dropout_prob=0.0)
+    return EncoderConfig(**{**base, **kw})
+
+
+def modernbert_config(**kw: Any) -> EncoderConfig:
+    """ModernBERT (Warner et al. 2024; transformers ``ModernBertModel``): pre-norm LayerNorm without bias,
+    RoPE (theta 160k global / 10k local), GeGLU, no biases, embedding + final norm, layer 0 without
+    attention norm, sliding window 128 with a global layer every 3rd, no dropout."""
+    base = dict(vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+                intermediate_size=1152, max_position_embeddings=8192, type_vocab_size=0, pad_token_id=50283,
+                norm_position="pre", norm_bias=False, layer_norm_eps=1e-5, embedding_norm=True, final_norm=True,
+                first_layer_attention_norm=False, position_embedding_type="rope", rope_theta=160000.0,
+                local_rope_theta=10000.0, mlp_type="glu", attention_bias=False, mlp_in_bias=False,
+                mlp_out_bias=False, qkv_layout="fused", attention_pattern="alternating", local_attention=128,
+                global_attn_every_n_layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                embedding_dropout_prob=0.0, classifier_dropout=0.0, head_bias=False, head_norm_bias=False,
+                decoder_bias=True, model_type="modernbert")
+    return EncoderConfig(**{**base, **kw})
+
+
+PRESETS: dict[str, Callable[[], EncoderConfig]] = {
+    "bert-base": lambda: bert_config(),
+    "bert-tiny": lambda: bert_config(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=512),
+    "mosaicbert-base": lambda: mosaicbert_config(),
+    "mosaicbert-tiny": lambda: mosaicbert_config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                 intermediate_size=128),
+    "modernbert-base": lambda: modernbert_config(),
+    "modernbert-large": lambda: modernbert_config(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                                                  intermediate_size=2624),
+    "modernbert-tiny": lambda: modernbert_config(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                                 intermediate_size=96, max_position_embeddings=512,
+                                                 local_attention=16),
+}
+
+
+def preset(name: str, **overrides: Any) -> EncoderConfig:
+    """The :class:`EncoderConfig` of preset ``name`` with ``overrides`` applied."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=3)
+        raise ValueError(f"unknown encoder preset {name!r}" + (f"; did you mean {close}?" if close else "")
+                         + f" Known: {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def _norm(cfg: EncoderConfig, name: str, use_bias: bool | None = None) -> nn.Module:
+    return make_norm(cfg.norm_type, cfg.layer_norm_eps, cfg.compute_dtype, cfg.storage_dtype, name,
+                     use_bias=cfg.norm_bias if use_bias is None else use_bias,
+                     low_precision=cfg.low_precision_norm)
+
+
+class EncoderEmbeddings(nn.Module):
+    """Token (+ learned position) (+ token type) embeddings, optional norm, dropout."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool = True):
+        cfg = self.config
+        embed = lambda n, name, axis: nn.Embed(
+            n, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+            embedding_init=nn.with_logical_partitioning(dense_init(cfg.initializer_range), (axis, "embed")),
+            name=name)
+        x = embed(cfg.vocab_size, "word_embeddings", "vocab")(input_ids)
+        if cfg.position_embedding_type == "absolute":
+            x = x + embed(cfg.max_position_embeddings, "position_embeddings", None)(position_ids)
+        if cfg.type_vocab_size > 0:
+            x = x + embed(cfg.type_vocab_size, "token_type_embeddings", None)(token_type_ids)
+        if cfg.embedding_norm:
+            x = _norm(cfg, "norm")(x)
+        rate = cfg.hidden_dropout_prob if cfg.embedding_dropout_prob is None else cfg.embedding_dropout_prob
+        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class EncoderAttention(nn.Module):
+    """Self-attention of the block: q/k/v (separate or fused), RoPE on q/k, ALiBi bias, masks, output."""
+
+    config: EncoderConfig
+    layer_type: str = "global"
+
+    @nn.compact
+    def __call__(self, x, mask, distance=None, rope=None, deterministic: bool = True, kv_prefix=None):
+        """``x [b, l, embed]``; ``mask [b, 1, l, l]`` bool; ``distance [b, 1, l, l]`` (ALiBi); ``rope = (cos, sin)``."""
+        cfg = self.config
+        h, d = cfg.num_attention_heads, cfg.head_dim
+        dense = lambda features, kaxes, baxes, name, contract=1: DenseND(
+            features=features, kernel_axes=kaxes, bias_axes=baxes, contract_dims=contract,
+            use_bias=cfg.attention_bias, initializer_range=cfg.initializer_range,
+            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name)
+        if cfg.qkv_layout == "fused":
+            qkv = dense((3, h, d), ("embed", None, "heads", "kv"), (None, "heads", "kv"), "qkv")(x)
+            q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        else:
+            q, k, v = (dense((h, d), ("embed", "heads", "kv"), ("heads", "kv"), n)(x)
+                       for n in ("query", "key", "value"))
+        if rope is not None:
+            cos, sin = rope
+            q, k = pos_lib.apply_rope(q, cos, sin), pos_lib.apply_rope(k, cos, sin)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        bias = None
+        if cfg.position_embedding_type == "alibi":
+            bias = pos_lib.alibi_bias(pos_lib.alibi_slopes(h), distance)
+        if kv_prefix is not None:
+            pk, pv = kv_prefix
+            k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
+            v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
+            p = pk.shape[1]
+            if mask is not None:
+                mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (p,), bool), mask], axis=-1)
+            if bias is not None:
+                bias = jnp.concatenate([jnp.zeros(bias.shape[:-1] + (p,), bias.dtype), bias], axis=-1)
+        dropout_rng = None
+        if cfg.attention_probs_dropout_prob > 0.0 and not deterministic:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(q, k, v, mask=mask, bias=bias, dropout_rate=cfg.attention_probs_dropout_prob,
+                                    dropout_rng=dropout_rng, deterministic=deterministic,
+                                    implementation=cfg.attention_implementation)
+        return dense((x.shape[-1],), ("heads", "kv", "embed"), ("embed",), "out", contract=2)(out)
+
+
+class EncoderBlock(nn.Module):
+    """One transformer block, pre- or post-norm; calls the extension sites like BertLayer."""
+
+    config: EncoderConfig
+    layer_index: int = 0
+
+    @nn.compact
+    def __call__(self, x, mask, distance=None, rope=None, deterministic: bool = True):
+        cfg = self.config
+        dt = cfg.compute_dtype
+        pre = cfg.norm_position == "pre"
+        layer_type = cfg.attention_layer_types[self.layer_index]
+        kv_prefix = None
+        for ext in extensions.at_site(cfg, "attention_kv"):  # at most one is meaningful; last wins
+            kv_prefix = ext.build(cfg, self.layer_index, ext.name)(x.shape[0], dt)
+        h = x
+        if pre and (self.layer_index > 0 or cfg.first_layer_attention_norm):
+            h = _norm(cfg, "attention_norm")(x)
+        h = EncoderAttention(cfg, layer_type, name="attention")(h, mask, distance, rope, deterministic, kv_prefix)
+        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        for ext in extensions.at_site(cfg, "after_attention"):
+            h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
+        x = x + h if pre else _norm(cfg, "attention_norm")(x + h)
+        h = _norm(cfg, "mlp_norm")(x) if pre else x
+        if cfg.mlp_type == "glu":
+            h = GluMlp(cfg.intermediate_size, activation=cfg.hidden_act, in_bias=cfg.mlp_in_bias,
+                       out_bias=cfg.mlp_out_bias, initializer_range=cfg.initializer_range,
+                       dtype=dt, param_dtype=cfg.storage_dtype, name="mlp")(h)
+        else:
+            h = Mlp(cfg.intermediate_size, activation=cfg.hidden_act, use_bias=cfg.mlp_in_bias,
+                    initializer_range=cfg.initializer_range, dtype=dt, param_dtype=cfg.storage_dtype,
+                    name="mlp")(h)
+        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        for ext in extensions.at_site(cfg, "after_mlp"):
+            h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
+        x = x + h if pre else _norm(cfg, "mlp_norm")(x + h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class Encoder(nn.Module):
+    """The configurable encoder backbone. Same call as :class:`jaxbert.models.bert.BertModel`.
+
+    ``input_ids [b, l]``, optional ``attention_mask``, ``token_type_ids``, ``position_ids``,
+    ``segment_ids`` (packed rows: 1, 2, ... per sequence, 0 = padding). Returns
+    :class:`~jaxbert.models.bert.EncoderOutput`.
+
+    Unpadded execution (``config.unpad=True``, or whenever ``unpad_index`` is passed): the
+    layers run on the real tokens only, packed as ``unpad_index [r, R]`` from
+    :func:`jaxbert.models.layers.unpad.plan` (computed on the host; its shape is the compiled
+    shape). Without an index, ``config.unpad=True`` uses one stream row per batch row (same
+    results, no saving). Outputs come back as ``[b, l, embed]`` with zeros at padding.
+    """
+
+    config: EncoderConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embeddings = EncoderEmbeddings(cfg)
+        block = nn.remat(EncoderBlock, static_argnums=(5,)) if cfg.remat else EncoderBlock
+        self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+        self.embedding_extensions = [e.build(cfg, None, e.name) for e in extensions.at_site(cfg, "embeddings")]
+        if cfg.final_norm:
+            self.final_norm = _norm(cfg, "final_norm")
+        if cfg.add_pooling_layer:
+            self.pooler = Pooler(cfg)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 segment_ids=None, unpad_index=None) -> EncoderOutput:
+        cfg = self.config
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        b, l = input_ids.shape
+        if cfg.position_embedding_type == "absolute" and l > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {l} exceeds max_position_embeddings={cfg.max_position_embeddings}")
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, l), jnp.int32)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros((b, l), jnp.int32)
+        if segment_ids is not None and segment_ids.shape != (b, l):
+            raise ValueError(f"segment_ids shape {segment_ids.shape} != input_ids shape {(b, l)}")
+        if position_ids is None:
+            position_ids = (segment_positions(segment_ids) if segment_ids is not None
+                            else jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l)))
+        unpadded = cfg.unpad or unpad_index is not None
+        if (unpadded or segment_ids is not None) and self.embedding_extensions:
+            raise ValueError("unpadded execution / packed rows (segment_ids) cannot be combined with embedding "
+                             "extensions that lengthen the sequence (soft prompts)")
+        if unpadded:
+            index = unpad_lib.identity_plan(attention_mask) if unpad_index is None else unpad_index
+            if index.ndim != 2:
+                raise ValueError(f"unpad_index must be [rows, row_length], got shape {index.shape}")
+            ids = unpad_lib.gather(input_ids, index)  # empty slots: id 0 (always a valid row)
+            types = unpad_lib.gather(token_type_ids, index)
+            positions = unpad_lib.gather(position_ids, index)
+            mask = segment_mask(unpad_lib.stream_segments(index, b, l, segment_ids))
+        else:
+            ids, types, positions = input_ids, token_type_ids, position_ids
+            mask = combine_masks(padding_mask(attention_mask),
+                                 None if segment_ids is None else segment_mask(segment_ids))
+        x = self.embeddings(ids, types, positions, deterministic)
+        for ext in self.embedding_extensions:  # e.g. soft prompts: may lengthen x and the mask
+            x, attention_mask = ext(x, attention_mask, deterministic)
+        if x.shape[1] != positions.shape[1]:  # prepended prompt tokens: positions 0..l'-1
+            positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
+            mask = padding_mask(attention_mask)
+        layer_types = cfg.attention_layer_types
+        distance = None
+        if cfg.position_embedding_type == "alibi" or "sliding" in layer_types:
+            distance = pos_lib.relative_distance(positions)
+        masks = {"global": mask}
+        if "sliding" in layer_types:
+            masks["sliding"] = combine_masks(mask, pos_lib.window_mask(distance, cfg.local_attention // 2))
+        ropes = {}
+        if cfg.position_embedding_type == "rope":
+            for t in set(layer_types):
+                ropes[t] = pos_lib.rope_angles(positions, cfg.head_dim, cfg.rope_theta_for(t))
+        states = [x] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            t = layer_types[i]
+            x = layer(x, masks[t], distance, ropes.get(t), deterministic)
+            if output_hidden_states:
+                states.append(x)
+        if cfg.final_norm:
+            x = self.final_norm(x)
+        if unpadded:
+            x = unpad_lib.scatter(x, index, b, l)
+            if output_hidden_states:
+                states = [unpad_lib.scatter(s, index, b, l) for s in states]
+        pooled = self.pooler(x) if cfg.add_pooling_layer else None
+        return EncoderOutput(last_hidden_state=x, pooler_output=pooled,
+                             hidden_states=tuple(states) if output_hidden_states else None)
+
+    def word_embedding_table(self) -> jax.Array:
+        """The ``[vocab, embed]`` input embedding matrix (for the tied MLM decoder); call after ``__call__``."""
+        return meta.unbox(self.embeddings.variables["params"]["word_embeddings"]["embedding"])
