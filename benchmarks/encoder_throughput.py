@@ -57,6 +57,9 @@ print(jax.devices())"`` must list a GPU) and torch a CUDA build for the torch ro
     XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/encoder_throughput.py \\
         --device-kind gpu --dtype bfloat16 --batch-tokens 65536 --steps 10 --warmup 2
     # add --skip-torch when torch has no CUDA build; --attention-implementation xla to avoid cuDNN
+    # Measured on an H200 (2026-11-26): at 65536 padded tokens jax:bert-base (padded, attention
+    # dropout -> XLA reference attention with fp32 logits) runs out of memory (a 49 GiB buffer); the
+    # run records the error and goes on. --batch-tokens 32768 fits every model.
 
 On GPU the jaxbert models use ``attention_implementation="cudnn"`` (cuDNN fused attention via
 ``jax.nn.dot_product_attention`` where it applies; a model whose cuDNN compile fails is retried
@@ -532,6 +535,8 @@ def main(argv=None) -> dict:
                             "MFU = model FLOPs / time / measured matmul peak",
     }
     common.write_result(args.name, payload, args.out_dir, quiet=True)
+    partial = Path(args.out_dir or common.RESULTS_DIR) / f"{args.name}_partial.json"
+    partial.unlink(missing_ok=True)  # the complete result supersedes the per-model checkpoints
     print(json.dumps({"headline": headline, "matmul_peak": peak,
                       "summary": payload["summary"]}, indent=1, default=str))
     return payload
