@@ -72,7 +72,6 @@ def run_one(variant: str, dataset: str, args, data_root: Path, tmp: Path, forget
     import numpy as np
 
     from experiments.configs.peft import get_config, VARIANTS
-    from jaxbert import peft as peft_lib
     from jaxbert.peft import flatten
     from jaxbert.peft.checkpoint import save_adapter
     from jaxbert.train import mesh as mesh_lib

@@ -45,8 +45,12 @@ PyTree = Any
 TRAINABLE = "peft"
 #: Label of frozen leaves (reserved by :mod:`jaxbert.train.optim`).
 FROZEN = "frozen"
-#: Default regex of the task head, trained by every PEFT method (a fresh head must learn).
-DEFAULT_HEAD_REGEX = r"^(classifier|qa_head)/"
+#: Default regex of the task head, trained by every PEFT method (a fresh head must learn). For BERT
+#: sequence classification this is the pooler + classifier: the pooler dense layer plays the part of
+#: the dense layer inside RoBERTa's classification head, which peft's ``modules_to_save=["classifier"]``
+#: (and the LoRA paper's GLUE setup) trains; in sentence-transformers checkpoints such as MiniLM the
+#: pooler was never trained for the [CLS] path, so freezing it would cripple every PEFT method.
+DEFAULT_HEAD_REGEX = r"^(classifier|qa_head|encoder/pooler)/"
 
 
 class PeftError(ValueError):
@@ -299,7 +303,8 @@ class PeftModel:
 
         Raises :class:`PeftError` if ``base_params`` does not fit the model.
         """
-        fresh = nn.unbox(jax.jit(lambda r: self.model.init(r, **sample_input))(rng)["params"])
+        # Eager: compiling the whole init costs more than running it once (only the extension values are kept).
+        fresh = nn.unbox(self.model.init(rng, **sample_input)["params"])
         ff, fb = flatten(fresh), flatten(base_params)
         missing = sorted(set(fb) - set(ff))
         absent = sorted(p for p in set(ff) - set(fb) if not self.method.is_peft_path(p))

@@ -56,7 +56,8 @@ def _model_fingerprint(model_config: Any) -> dict[str, Any]:
 def adapter_paths(method: PeftMethod, params: Any) -> list[str]:
     """Leaves an adapter checkpoint holds: PEFT-added leaves and trained base leaves."""
     flat = flatten(params)
-    trained = set(method.trainable_paths(params)) if method.name != "hft" else set(flat)
+    trained = set(method.trainable_paths(params))
+    # is_trainable: every leaf that may train at some point (HFT: all of them, stage by stage).
     return sorted(p for p in flat if method.is_peft_path(p) or p in trained or method.is_trainable(p))
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxbert.data.tokenization import encode_batch

@@ -6,7 +6,7 @@ et al. 2022, "Exploring and Evaluating Personalized Models for Code Generation" 
 
 * ``variant='embeddings'``: the token embedding table ``encoder/embeddings/word_embeddings``
   (the paper's "token embeddings and softmax layer only"; position / token-type tables and the
-  embedding LayerNorm stay frozen) + the task head;
+  embedding LayerNorm stay frozen) + the task head (``peft.head_regex``: pooler + classifier);
 * ``variant='last_layer'``: the last transformer block ``encoder/layer_{L-1}/...`` + the pooler
   (``encoder/pooler/...``, which sits between the last block and the head) + the task head.
 
