@@ -54,7 +54,7 @@ def test_dropout_equals_dropout_on_normalised_weights():
     out = att.dot_product_attention(q, k, v, mask=mask, dropout_rate=rate, dropout_rng=rng, deterministic=False)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
     weights = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
-    keepers = jax.random.bernoulli(rng, 1.0 - rate, weights.shape)
+    keepers = att.keep_mask(rng, weights.shape, rate)
     dropped = jnp.where(keepers, weights / (1.0 - rate), 0.0)
     direct = jnp.einsum("bhqk,bkhd->bqhd", dropped, v)
     np.testing.assert_allclose(np.asarray(out), np.asarray(direct), atol=1e-5)

@@ -32,6 +32,7 @@ from jaxbert.models.layers import extensions
 from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, MultiHeadAttention, combine_masks, padding_mask,
                                              segment_mask)
 from jaxbert.models.layers.activations import ACTIVATIONS
+from jaxbert.models.layers.dropout import Dropout
 from jaxbert.models.layers.initializers import dense_init, zeros_init
 from jaxbert.models.layers.mlp import Mlp
 from jaxbert.models.layers.norms import layer_norm
@@ -170,7 +171,7 @@ class BertEmbeddings(nn.Module):
         x = x + embed(cfg.max_position_embeddings, "position_embeddings")(position_ids)
         x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         x = layer_norm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.storage_dtype, "norm")(x)
-        x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -193,13 +194,13 @@ class BertLayer(nn.Module):
             dropout_rate=cfg.attention_probs_dropout_prob, initializer_range=cfg.initializer_range,
             implementation=cfg.attention_implementation, dtype=dt, param_dtype=pdt,
             name="attention")(x, mask=mask, deterministic=deterministic, kv_prefix=kv_prefix)
-        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         for ext in extensions.at_site(cfg, "after_attention"):
             h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
         x = layer_norm(cfg.layer_norm_eps, dt, pdt, "attention_norm")(x + h)
         h = Mlp(cfg.intermediate_size, activation=cfg.hidden_act, initializer_range=cfg.initializer_range,
                 dtype=dt, param_dtype=pdt, name="mlp")(x)
-        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         for ext in extensions.at_site(cfg, "after_mlp"):
             h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
         x = layer_norm(cfg.layer_norm_eps, dt, pdt, "mlp_norm")(x + h)

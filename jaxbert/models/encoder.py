@@ -61,6 +61,7 @@ from jaxbert.models.layers import unpad as unpad_lib
 from jaxbert.models.layers.activations import ACTIVATIONS
 from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, combine_masks, dot_product_attention,
                                              padding_mask, segment_mask)
+from jaxbert.models.layers.dropout import Dropout
 from jaxbert.models.layers.initializers import dense_init
 from jaxbert.models.layers.linear import DenseND
 from jaxbert.models.layers.mlp import GluMlp, Mlp
@@ -421,7 +422,7 @@ class EncoderEmbeddings(nn.Module):
         if cfg.embedding_norm:
             x = _norm(cfg, "norm")(x)
         rate = cfg.hidden_dropout_prob if cfg.embedding_dropout_prob is None else cfg.embedding_dropout_prob
-        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        x = Dropout(rate)(x, deterministic=deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -490,7 +491,7 @@ class EncoderBlock(nn.Module):
         if pre and (self.layer_index > 0 or cfg.first_layer_attention_norm):
             h = _norm(cfg, "attention_norm")(x)
         h = EncoderAttention(cfg, layer_type, name="attention")(h, mask, distance, rope, deterministic, kv_prefix)
-        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         for ext in extensions.at_site(cfg, "after_attention"):
             h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
         x = x + h if pre else _norm(cfg, "attention_norm")(x + h)
@@ -503,7 +504,7 @@ class EncoderBlock(nn.Module):
             h = Mlp(cfg.intermediate_size, activation=cfg.hidden_act, use_bias=cfg.mlp_in_bias,
                     initializer_range=cfg.initializer_range, dtype=dt, param_dtype=cfg.storage_dtype,
                     name="mlp")(h)
-        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         for ext in extensions.at_site(cfg, "after_mlp"):
             h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
         x = x + h if pre else _norm(cfg, "mlp_norm")(x + h)

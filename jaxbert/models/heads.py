@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxbert.models.layers.activations import get_activation
+from jaxbert.models.layers.dropout import Dropout
 from jaxbert.models.layers.initializers import dense_init, zeros_init
 from jaxbert.models.layers.norms import layer_norm
 
@@ -71,7 +72,7 @@ class ClassificationHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
         out = _dense(self.num_labels, ("embed", "classes"), self.initializer_range, self.dtype,
                      self.param_dtype, "out")(x)
         return out.astype(jnp.float32)

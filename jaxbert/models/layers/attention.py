@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxbert.models.layers.dropout import keep_mask
 from jaxbert.models.layers.linear import DenseND
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product_attention", "cudnn")
@@ -133,7 +134,7 @@ def _reference_attention(query: jax.Array, key: jax.Array, value: jax.Array, mas
     if dropout_rate > 0.0:
         if dropout_rng is None:
             raise ValueError("attention dropout needs a dropout_rng")
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        keep = keep_mask(dropout_rng, weights.shape, dropout_rate)
         weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(dtype)
     out = jnp.einsum("bhqk,bhkd->bhqd", weights, v, preferred_element_type=jnp.float32) / denominator
     return jnp.swapaxes(out.astype(dtype), 1, 2)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxbert.models.layers.activations import get_activation
+from jaxbert.models.layers.dropout import Dropout
 from jaxbert.models.layers.initializers import dense_init, zeros_init
 
 
@@ -63,7 +64,7 @@ class GluMlp(nn.Module):
                     bias_axes=(None, "mlp"), use_bias=self.in_bias, initializer_range=self.initializer_range,
                     dtype=self.dtype, param_dtype=self.param_dtype, name="wi")(x)
         h = get_activation(self.activation)(h[..., 0, :]) * h[..., 1, :]
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
         out_range = self.initializer_range if self.out_initializer_range is None else self.out_initializer_range
         return DenseND(features=(x.shape[-1],), kernel_axes=("mlp", "embed"), bias_axes=("embed",),
                        use_bias=self.out_bias, initializer_range=out_range,
