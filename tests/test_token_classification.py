@@ -209,3 +209,20 @@ def test_pos_tagger_trains_and_predictions_survive_checkpoint(tmp_path, brown_sm
     gold = [r["tags"] for r in read_jsonl(brown_small[1])]
     acc = np.mean([p == g for ps, gs in zip(before, gold) for p, g in zip(ps, gs)])
     assert abs(acc - m["accuracy"]) < 1e-9
+
+
+def test_resume_with_another_label_set_is_refused(tmp_path, brown_small, minilm_dir):
+    """Resuming under another label order is refused with both label lists named (the data iterator
+    checks first; the task's own ``load_extra_state`` check is the second line)."""
+    from experiments.configs.finetune_token_classification import get_config
+    from jaxbert.train.loop import train_and_evaluate
+    c = quiet(get_config("brown_pos,runlocal,tiny"))
+    c.data.train, c.data.validation, c.data.test = str(brown_small[0]), str(brown_small[1]), None
+    c.eval_splits = ("validation",)
+    c.data.train_subset = None
+    c.num_train_steps = 2
+    train_and_evaluate(c, tmp_path / "run")  # saves at the end (step 2)
+    c.num_train_steps = 4
+    c.data.labels = tuple(reversed(c.data.labels))  # same shapes, other meaning of every class id
+    with pytest.raises(ValueError, match="labels: saved"):  # the data stream notices first
+        train_and_evaluate(c, tmp_path / "run")

@@ -162,6 +162,8 @@ class Trainer:
             if restored is not None:
                 state, extra = restored
                 data_iter.set_state(extra["data"])
+                if hasattr(self.task, "load_extra_state"):  # e.g. the label set must match the checkpoint's
+                    self.task.load_extra_state({k: v for k, v in extra.items() if k != "data"})
                 _say(f"resumed from {self.workdir / 'checkpoints'} at step {int(state.step)}")
             else:
                 state = self._new_state()
