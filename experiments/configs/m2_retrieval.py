@@ -1,0 +1,117 @@
+r"""Long-document retrieval fine-tuning of M2-BERT (LoCo recipe) on BBC News, evaluated by nDCG@10.
+
+Task: the LoCo-style set of :mod:`jaxbert.data.long_retrieval`, built from ``../shared/data/bbc_news``
+(query = the article's title, document = the rest of the article; the 425 test articles are the
+evaluation queries and corpus, the 1,699 train articles the training pairs). Documents are read
+up to their full length (longest test body: 5,295 WordPiece tokens), so the model runs at up to
+8,192 tokens: ``max_position_embeddings = long_conv_l_max = 8192``, like LoCo's
+``m2-bert-80M-8k-retrieval``.
+
+Training follows LoCo's batch-size-1 setting: each step embeds one title, its article and one
+other article (an in-sample negative). The loss is InfoNCE over those two candidates
+(``contrastive.objective = "mnrl"`` with the negative field; with one row per batch the in-batch
+candidates are exactly the row's own), the option the issue allows; LoCo's orthogonal projection
+loss is :func:`jaxbert.objectives.long_retrieval.orthogonal_projection_loss` (not yet selectable
+in the contrastive task). Embeddings: mean pooling, L2-normalised; evaluation: exact cosine search
+over the 425 documents, nDCG@10 / MRR@10 / Recall@k (``jaxbert/eval/retrieval.py``).
+
+Run (tokenizer: bert-base-uncased WordPiece via MiniLM's, 30,522 ids = M2-BERT's vocabulary)::
+
+    python -m experiments.launch --config experiments/configs/m2_retrieval.py:tiny \
+        --workdir runs/m2_bbc_long_tiny
+    # smoke run: a few steps, 40 queries
+    python -m experiments.launch --config experiments/configs/m2_retrieval.py:tiny,runlocal \
+        --workdir /tmp/m2_bbc_long_smoke
+    # the 80M model at 8k tokens (LoCo learning rate 5e-6 assumes a pretrained start)
+    python -m experiments.launch --config experiments/configs/m2_retrieval.py:80m --workdir runs/m2_bbc_long_80m
+
+Argument: ``<size>[,runlocal]`` with size ``tiny`` (m2-bert-tiny) or ``80m`` (m2-bert-80m), both
+with 8k positions. Starting from a pretrained M2 needs a checkpoint loader for M2 parameters
+(there is no HF key table for M2 yet); ``model.init_from`` reads HF directories only. For the same
+reason there is no sentence-transformers export (``export_hf=False``); the parameters are in the
+run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from experiments.configs.common import base_config
+from experiments.configs.sentence_embedding import contrastive_config
+
+SIZES = {"tiny": "m2-bert-tiny", "80m": "m2-bert-80m"}
+FLAGS = ("runlocal",)
+MAX_LENGTH = 8192
+
+
+def get_config(arg: str = "tiny"):
+    from jaxbert.data.long_retrieval import bbc_long_retrieval
+
+    parts = [p for p in (arg or "tiny").split(",") if p]
+    size, flags = parts[0], set(parts[1:])
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; known: {sorted(SIZES)}")
+    unknown = flags - set(FLAGS)
+    if unknown:
+        raise ValueError(f"unknown flags {sorted(unknown)}; known: {list(FLAGS)}")
+    folder = bbc_long_retrieval()
+    small = "runlocal" in flags
+
+    c = base_config()
+    c.task = "contrastive"
+    c.model.init_from = None
+    c.model.preset = SIZES[size]
+    c.model.overrides.max_position_embeddings = MAX_LENGTH
+    c.model.overrides.long_conv_l_max = MAX_LENGTH
+    c.model.overrides.add_pooling_layer = False
+    c.contrastive = contrastive_config()
+    c.contrastive.objective = "mnrl"
+    c.contrastive.pooling = "mean"
+    c.contrastive.scale = 20.0
+    c.data.tokenizer = "asset:minilm"
+    c.data.train = str(folder / "train_pairs.jsonl")
+    c.data.anchor_field = "anchor"
+    c.data.positive_field = "positive"
+    c.data.negative_field = "negative"
+    c.data.score_field = config_dict.placeholder(str)
+    c.data.domain_field = config_dict.placeholder(str)
+    c.data.teacher_field = config_dict.placeholder(str)
+    c.data.max_length = MAX_LENGTH
+    c.data.eval_max_length = MAX_LENGTH
+    c.data.buckets = (512, 1024, 2048, 4096, MAX_LENGTH)
+
+    c.evals = ml_collections.ConfigDict()
+    r = ml_collections.ConfigDict()
+    r.kind = "retrieval"
+    r.queries = str(folder / "test_queries.jsonl")
+    r.corpus = str(folder / "test_corpus.jsonl")
+    r.qrels = str(folder / "test_qrels.jsonl")
+    r.corpus_limit = config_dict.placeholder(int)
+    r.query_limit = config_dict.placeholder(int)
+    if small:
+        r.query_limit, r.corpus_limit = 40, 0
+    c.evals.bbc_long = r
+    c.eval_splits = ("bbc_long",)
+    c.checkpoint.best_metric = "bbc_long/ndcg@10"
+    c.checkpoint.best_mode = "max"
+
+    c.batch_size = 1  # LoCo: one (query, document, negative) per step
+    c.eval_batch_size = 4
+    c.num_epochs = 1.0
+    c.optim.learning_rate = 1e-4 if size == "tiny" else 5e-6  # LoCo's 5e-6 is for fine-tuning a pretrained M2
+    c.optim.b2 = 0.98
+    c.optim.eps = 1e-6
+    c.optim.weight_decay = 1e-6
+    c.optim.warmup_ratio = 0.06
+    c.optim.end_lr_factor = 0.02
+    c.log_every = 50
+    # The contrastive task exports a sentence-transformers (HF) directory, and M2 has no HF key table
+    # in jaxbert: the trained parameters stay in the run's orbax checkpoints.
+    c.export_hf = False
+    if small:
+        c.num_train_steps = 4
+        c.log_every = 1
+        c.data.max_length = 1024
+        c.data.buckets = (512, 1024)
+    return c
