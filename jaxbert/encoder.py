@@ -133,6 +133,11 @@ class SentenceEncoder:
         ``pooling`` / ``max_length`` given here override the directory's values (an explicit
         ``max_length`` above ``max_position_embeddings`` is an error).
 
+        Llama / Qwen2 decoders (a ``.gguf`` file or an HF dir with that ``model_type``) load as
+        :class:`jaxbert.llm_encoder.LlmSentenceEncoder`, with the extra options ``bidirectional``
+        (default True), ``add_eos``, ``tokenizer``, ``normalize`` and LLM pooling names
+        (``mean``, ``weighted_mean``, ``last_token``, ``first_token``).
+
         Options (keyword-only, validated; more will come, e.g. LLM embedders):
         ``dtype="float32"|"bfloat16"`` compute dtype (params stay float32; pooling is float32),
         ``attention_implementation="dot_product_attention"`` (default here: no dropout at
@@ -141,7 +146,10 @@ class SentenceEncoder:
         from transformers import AutoTokenizer
 
         from jaxbert.convert.hf import load_pretrained, read_hf_config
+        from jaxbert.llm_encoder import LlmSentenceEncoder, is_llm_checkpoint
 
+        if is_llm_checkpoint(path):  # .gguf file or Llama/Qwen2 HF dir: options bidirectional, add_eos, ...
+            return LlmSentenceEncoder.load(path, pooling=pooling, max_length=max_length, **options)
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise TypeError(f"SentenceEncoder.from_pretrained got unknown option(s) {unknown}; "
