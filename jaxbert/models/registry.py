@@ -58,3 +58,14 @@ def get(name: str, **overrides: Any) -> tuple[Any, Any]:
 
 BACKBONES_BY_MODEL_TYPE: dict[str, tuple[type, Any]] = {"bert": (BertConfig, BertModel),
                                                           "modernbert": (EncoderConfig, Encoder)}
+
+# Monarch Mixer BERT (jaxbert/models/m2.py): attention-free encoders, M2-BERT-base 80M / 110M, the LoCo 32k shape.
+from jaxbert.models import m2 as _m2  # noqa: E402
+
+for _name in _m2.PRESETS:
+    register(_name, lambda _n=_name: _m2.preset(_n), _m2.M2Model)
+
+# Llama-family decoders (jaxbert/models/llm.py; presets in llm.PRESETS, not in _PRESETS: they have no
+# BERT task heads, so the golden-shape table of encoder tasks does not apply to them).
+from jaxbert.models.llm import LlmConfig as _LlmConfig, LlmModel as _LlmModel  # noqa: E402
+BACKBONES_BY_MODEL_TYPE.update({"llama": (_LlmConfig, _LlmModel), "qwen2": (_LlmConfig, _LlmModel)})

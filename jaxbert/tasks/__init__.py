@@ -31,4 +31,5 @@ _FEATURE_TASKS = {
     "question_answering": ("jaxbert.tasks.question_answering", "QuestionAnsweringTask"),
     "multilabel": ("jaxbert.tasks.multilabel", "MultiLabelTask"),
     "regression": ("jaxbert.tasks.regression", "RegressionTask"),
+    "contrastive": ("jaxbert.tasks.contrastive", "ContrastiveTask"),  # sentence embeddings (issue #7)
 }

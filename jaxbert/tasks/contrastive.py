@@ -1,0 +1,430 @@
+"""Sentence-embedding training as a task for the training loop: pairs -> bi-encoder -> contrastive
+or scored-pair loss; retrieval / similarity evaluation; sentence-transformers export.
+
+Config keys read (see ``experiments/configs/sentence_embedding.py``)::
+
+    model.init_from / model.preset / model.overrides     as the classification task
+    data.train                 JSONL of pairs (jaxbert/data/pair_pipeline.py)
+    data.anchor_field, positive_field, negative_field, score_field, label_field, domain_field,
+    data.teacher_field         record field names
+    data.max_length, data.buckets, data.eval_max_length
+    contrastive.objective      mnrl | ntxent | cosent | cosine | softmax | dse
+    contrastive.scale          MNRL / CoSENT / NT-Xent logit scale (1 / temperature)
+    contrastive.directions, contrastive.partition_mode   MNRL variants (sentence-transformers names)
+    contrastive.hardness_mode, hardness_strength         MNRL hardness weighting of negatives
+    contrastive.matryoshka_dims, matryoshka_weights      () = off
+    contrastive.grad_cache_chunk   rows (pairs) per GradCache chunk; 0 = off
+    contrastive.gather         "global" (jit over the global batch: XLA gathers) | "shard_map"
+    contrastive.pooling        pooling mode(s); None = the model directory's, else "mean"
+    contrastive.normalize      export with a Normalize module
+    contrastive.mirror_span    > 0: Mirror-BERT (identity pairs, span masking of the 2nd view)
+    contrastive.labels, pair_features, dse_alpha                     softmax / DSE heads
+    contrastive.domains, contrastive.moe.*                            mixture-of-experts embedder
+    evals.<name>               evaluation sets (kind: retrieval | lee | word_similarity | pairs | probe)
+    eval_splits                which of ``evals`` to run
+
+Batches hold ``[B, K, L]`` token arrays (anchor, positive, negatives); each row's texts are
+embedded together and the loss sees the whole global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbert.data.pair_pipeline import PairFields, make_pair_iterator, read_pair_records
+from jaxbert.data.pipeline import LabelMap
+from jaxbert.data.sources import JsonlSource
+from jaxbert.data.tokenization import check_vocab, encode_batch, load_tokenizer
+from jaxbert.eval import retrieval as retrieval_eval
+from jaxbert.models.embedder import SentenceEmbedder
+from jaxbert.objectives import contrastive as closs
+from jaxbert.tasks.classification import resolve_model_path
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OBJECTIVES = ("mnrl", "ntxent", "cosent", "cosine", "softmax", "dse")
+EVAL_KINDS = ("retrieval", "lee", "word_similarity", "pairs", "probe")
+EVAL_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    try:
+        value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None else value
+
+
+def load_eval_set(name: str, spec: Any):
+    """An evaluation set from its config section (``kind`` + paths); errors name the set."""
+    kind = _get(spec, "kind")
+    if kind not in EVAL_KINDS:
+        raise ValueError(f"evals.{name}.kind={kind!r}; expected one of {EVAL_KINDS}")
+    if kind == "retrieval":
+        return retrieval_eval.load_retrieval_set(
+            os.path.expanduser(spec.queries), os.path.expanduser(spec.corpus), os.path.expanduser(spec.qrels),
+            corpus_limit=_get(spec, "corpus_limit"), query_limit=_get(spec, "query_limit"), name=name)
+    if kind == "lee":
+        return retrieval_eval.load_lee(os.path.expanduser(spec.path))
+    if kind == "word_similarity":
+        return retrieval_eval.load_word_similarity(os.path.expanduser(spec.path))
+    if kind == "probe":
+        return retrieval_eval.load_probe_set(
+            os.path.expanduser(spec.train), os.path.expanduser(spec.test), text_field=_get(spec, "text_field", "text"),
+            label_field=_get(spec, "label_field", "label"), train_limit=_get(spec, "train_limit"),
+            test_limit=_get(spec, "test_limit"), name=name)
+    # "pairs": JSONL with two text fields and a score (STS-style)
+    src = JsonlSource(os.path.expanduser(spec.path))
+    f1, f2, fs = _get(spec, "text1", "anchor"), _get(spec, "text2", "positive"), _get(spec, "score", "score")
+    texts: dict[str, int] = {}
+    pairs, scores = [], []
+    for i in range(len(src)):
+        r = src[i]
+        for f in (f1, f2, fs):
+            if f not in r:
+                raise ValueError(f"{src.describe(i)}: no field {f!r} (record has {sorted(r)})")
+        pairs.append((texts.setdefault(r[f1], len(texts)), texts.setdefault(r[f2], len(texts))))
+        scores.append(float(r[fs]))
+    return retrieval_eval.SimilaritySet(list(texts), np.asarray(pairs), np.asarray(scores), name=name)
+
+
+class ContrastiveTask:
+    """Bi-encoder training on pairs (see the module docstring)."""
+
+    name = "contrastive"
+
+    def __init__(self, config: Any):
+        self.config = config
+        cc = config.contrastive
+        self.cc = cc
+        self.objective = cc.objective
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"contrastive.objective={self.objective!r}; expected one of {OBJECTIVES}")
+        self.directions = closs.check_mnrl_options(float(cc.scale), tuple(cc.directions), cc.partition_mode,
+                                                   _get(cc, "hardness_mode") or None,
+                                                   float(_get(cc, "hardness_strength", 0.0)))
+        self.matryoshka = tuple(int(d) for d in (cc.matryoshka_dims or ()))
+        if self.matryoshka and self.objective in ("softmax", "dse"):
+            raise ValueError(f"Matryoshka truncation cannot feed the {self.objective!r} classifier "
+                             "(its input size is fixed); use it with mnrl, ntxent, cosent or cosine")
+        if cc.gather not in ("global", "shard_map"):
+            raise ValueError(f"contrastive.gather={cc.gather!r}; expected 'global' or 'shard_map'")
+        if cc.gather == "shard_map" and self.objective != "mnrl":
+            raise ValueError("contrastive.gather='shard_map' is implemented for objective 'mnrl'")
+        data = config.data
+        if not data.train:
+            raise ValueError("data.train is required for the contrastive task")
+        self.mirror_span = int(_get(cc, "mirror_span", 0))
+        if self.mirror_span and self.objective != "ntxent":
+            raise ValueError("Mirror-BERT (contrastive.mirror_span > 0) trains with objective 'ntxent'")
+        self.label_map = None
+        if self.objective in ("softmax", "dse") and _get(cc, "labels"):
+            self.label_map = LabelMap(data.label_field, list(cc.labels))
+        if self.objective == "softmax" and self.label_map is None:
+            raise ValueError("objective 'softmax' needs contrastive.labels (the class names, in id order)")
+        self.domains = tuple(_get(cc, "domains", ()) or ())
+        fields = PairFields(anchor=data.anchor_field, positive=data.positive_field, negative=data.negative_field,
+                            score=_get(data, "score_field"), label=data.label_field,
+                            domain=_get(data, "domain_field") if self.domains else None,
+                            teacher=_get(data, "teacher_field"))
+        # Mirror-BERT identity pairs: span masking asked for, or NT-Xent on records without a positive.
+        mirror = self.mirror_span > 0 or (self.objective == "ntxent" and not _get(data, "positive_field"))
+        self.train_source = read_pair_records(
+            JsonlSource(os.path.expanduser(data.train)), fields, mirror=mirror, label_map=self.label_map,
+            domains=self.domains or None, require_score=self.objective in ("cosent", "cosine"),
+            require_label=self.objective == "softmax" or (self.objective == "dse" and self.label_map is not None
+                                                          and float(cc.dse_alpha) < 1.0),
+            require_teacher=self.objective == "dse")
+        if self.objective in ("cosent", "cosine", "softmax", "dse", "ntxent") and self.train_source.num_texts != 2:
+            raise ValueError(f"objective {self.objective!r} takes exactly two texts per record, got "
+                             f"{self.train_source.num_texts} (negatives are for mnrl)")
+        self._build_model(config)
+        self.max_length = int(data.max_length)
+        self.eval_max_length = int(_get(data, "eval_max_length", self.max_length))
+        self.sample_input = {k: np.zeros((1, self.max_length), np.int32) for k in MODEL_INPUTS}
+        if self.domains:
+            self.sample_input["domains"] = np.zeros((1,), np.int32)
+        self.peft = None
+        self.eval_sources = {}
+        for split in config.eval_splits:
+            spec = config.evals.get(split) if hasattr(config, "evals") else None
+            if spec is None:
+                raise ValueError(f"eval split {split!r} has no section evals.{split} "
+                                 f"(known: {sorted(config.evals.keys()) if hasattr(config, 'evals') else []})")
+            self.eval_sources[split] = load_eval_set(split, spec)
+        self.eval_offsets, off = {}, 0
+        for split, s in self.eval_sources.items():
+            self.eval_offsets[split] = off
+            off += len(s)
+
+    # -------------------------------------------------------------------- model
+    def _build_model(self, config: Any) -> None:
+        from jaxbert.convert import hf as hf_convert
+        from jaxbert.models import registry
+
+        cc = config.contrastive
+        overrides = {k: v for k, v in dict(config.model.overrides or {}).items() if v is not None}
+        pooling = _get(cc, "pooling")
+        normalize = _get(cc, "normalize", True)
+        if config.model.init_from:
+            self.model_dir = resolve_model_path(config.model.init_from)
+            hf_dir = self.model_dir
+            if (self.model_dir / "modules.json").is_file():
+                from jaxbert.pooling import read_st_pooling, st_transformer_dir
+                hf_dir = st_transformer_dir(self.model_dir)
+                if pooling is None:
+                    pooling = read_st_pooling(self.model_dir)[0]
+            pre = hf_convert.load_pretrained(hf_dir, task="base", seed=config.seed, **overrides)
+            cfg, backbone, encoder_params = pre.config, type(pre.model), pre.params
+            tok = config.data.get("tokenizer")
+            self.tokenizer = load_tokenizer(resolve_model_path(tok) if tok else hf_dir)
+        else:
+            self.model_dir = None
+            cfg, backbone = registry.get(config.model.preset, **overrides)
+            encoder_params = None
+            if not config.data.get("tokenizer"):
+                raise ValueError("data.tokenizer is required when model.init_from is None")
+            self.tokenizer = load_tokenizer(resolve_model_path(config.data.tokenizer))
+        check_vocab(self.tokenizer, cfg.vocab_size)
+        self.pooling = tuple([pooling] if isinstance(pooling, str) else (pooling or ("mean",)))
+        self.normalize = bool(normalize)
+        num_labels = 0
+        if self.objective in ("softmax", "dse"):
+            num_labels = (self.label_map.num_classes if self.label_map is not None
+                          else int(cc.get("num_teacher_logits", 1)))
+        moe = _get(cc, "moe")
+        if self.domains:
+            from jaxbert.models import moe_embedder
+            backbone, cfg, encoder_params = moe_embedder.moe_backbone(
+                cfg, encoder_params, num_experts=len(self.domains), layers=tuple(_get(moe, "layers", ()) or ()),
+                router=_get(moe, "router", "learned"), router_loss_weight=float(_get(moe, "router_loss_weight", 0.1)),
+                seed=config.seed)
+        self.model_config = cfg
+        self.model = SentenceEmbedder(cfg, backbone, self.pooling, num_labels,
+                                      tuple(_get(cc, "pair_features", ("u", "v", "abs_diff"))))
+        if encoder_params is None:
+            self.pretrained_params = None
+        elif not num_labels and not self.domains:  # the backbone is the whole model: no init needed
+            self.pretrained_params = {"encoder": encoder_params}
+        else:
+            from flax import linen as nn
+            sample = {k: np.zeros((1, 8), np.int32) for k in MODEL_INPUTS}
+            if self.domains:
+                sample["domains"] = np.zeros((1,), np.int32)
+            fresh = nn.unbox(jax.jit(lambda r: self.model.init(r, **sample))(jax.random.key(config.seed))["params"])
+            fresh["encoder"] = encoder_params
+            self.pretrained_params = fresh
+
+    def _embed(self, params, inputs: dict, rng, deterministic: bool) -> jax.Array:
+        """``inputs``: ``[n, K, L]`` token arrays (+ ``domains [n]``) -> ``[n, K, dim]`` pooled vectors."""
+        n, k, l = inputs["input_ids"].shape
+        flat = [inputs[key].reshape(n * k, l) for key in MODEL_INPUTS]
+        kwargs = {}
+        if "domains" in inputs:
+            kwargs["domains"] = jnp.repeat(inputs["domains"], k)
+        rngs = None if deterministic else {"dropout": rng}
+        emb = self.model.apply({"params": params}, *flat, deterministic=deterministic, rngs=rngs, **kwargs)
+        return emb.reshape(n, k, -1)
+
+    def embed_batch(self, params, batch: dict, rng, deterministic: bool) -> jax.Array:
+        """``[B, K, dim]`` embeddings of a batch, through GradCache when ``grad_cache_chunk`` is set."""
+        inputs = {key: batch[key] for key in MODEL_INPUTS}
+        if "domains" in batch and self.domains:
+            inputs["domains"] = batch["domains"]
+        b = inputs["input_ids"].shape[0]
+        chunk = int(_get(self.cc, "grad_cache_chunk", 0))
+        if chunk and chunk < b:
+            if b % chunk:
+                raise ValueError(f"batch of {b} rows is not divisible by contrastive.grad_cache_chunk={chunk}")
+            rng = jax.random.key(0) if rng is None else rng
+            embed_fn = lambda p, x, r: self._embed(p, x, r, deterministic)  # noqa: E731
+            return closs.grad_cache_embed(embed_fn, params, inputs, rng, b // chunk)
+        return self._embed(params, inputs, rng, deterministic)
+
+    def _pair_logits(self, params, u, v):
+        return self.model.apply({"params": params}, u, v, method=SentenceEmbedder.pair_logits)
+
+    def objective_loss(self, params, emb: jax.Array, batch: dict):
+        """The configured loss of ``emb [B, K, dim]`` (Matryoshka-wrapped when dims are set)."""
+        cc, obj = self.cc, self.objective
+        scale = float(cc.scale)
+        if obj == "mnrl":
+            kw = dict(scale=scale, directions=self.directions, partition_mode=cc.partition_mode,
+                      hardness_mode=_get(cc, "hardness_mode") or None,
+                      hardness_strength=float(_get(cc, "hardness_strength", 0.0)))
+            mnrl = closs.gathered_mnrl_loss if cc.gather == "shard_map" else closs.mnrl_loss
+            fn = lambda q, d: mnrl(q, d, **kw)  # noqa: E731
+            args = (emb[:, 0], emb[:, 1:])
+        elif obj == "ntxent":
+            fn, args = (lambda a, b: closs.ntxent_loss(a, b, scale=scale)), (emb[:, 0], emb[:, 1])
+        elif obj == "cosent":
+            fn, args = (lambda a, b: closs.cosent_loss(a, b, batch["scores"], scale=scale)), (emb[:, 0], emb[:, 1])
+        elif obj == "cosine":
+            fn, args = (lambda a, b: closs.cosine_similarity_loss(a, b, batch["scores"])), (emb[:, 0], emb[:, 1])
+        elif obj == "softmax":
+            return closs.softmax_pair_loss(self._pair_logits(params, emb[:, 0], emb[:, 1]), batch["labels"])
+        else:  # dse
+            logits = self._pair_logits(params, emb[:, 0], emb[:, 1])
+            return closs.dse_loss(logits, batch["teacher"], batch.get("labels"), alpha=float(cc.dse_alpha))
+        if self.matryoshka:
+            weights = tuple(cc.matryoshka_weights) or None
+            return closs.matryoshka_loss(fn, args, self.matryoshka, weights)
+        return fn(*args)
+
+    def loss_fn(self, params, batch, rng, deterministic: bool = False):
+        emb = self.embed_batch(params, batch, rng, deterministic)
+        loss, sums = self.objective_loss(params, emb, batch)
+        aux = self._router_loss(params, batch, deterministic)
+        if aux is not None:
+            loss = loss + aux
+            sums = dict(sums, loss=sums["loss"] + aux * sums["weight"])
+        return loss, sums
+
+    def _router_loss(self, params, batch, deterministic):
+        """MoE embedder: cross-entropy of the learned router against the enforced domain."""
+        if not self.domains or "domains" not in batch:
+            return None
+        from jaxbert.models import moe_embedder
+        return moe_embedder.router_loss(self.model, params, {k: batch[k] for k in MODEL_INPUTS}, batch["domains"])
+
+    # -------------------------------------------------------------------- data
+    def train_iterator(self, batch_size: int, seed: int):
+        d = self.config.data
+        return make_pair_iterator(self.train_source, self.tokenizer, batch_size=batch_size, seed=seed,
+                                  max_length=self.max_length, buckets=d.get("buckets"),
+                                  mirror_span=self.mirror_span, spec={"task": self.name, "objective": self.objective})
+
+    def eval_batches(self, split: str, batch_size: int):
+        """Single texts of the set as ``[B, 1, L]`` batches (sorted by length), with ``index`` / ``weights``."""
+        texts = self.eval_sources[split].texts
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: few padded tokens
+        offset = self.eval_offsets[split]
+        pc, pi = jax.process_count(), jax.process_index()
+        per_host = batch_size // pc
+        extra = tuple(self.config.data.get("buckets") or ())  # the training buckets (long-document configs)
+        buckets = sorted({b for b in (*EVAL_BUCKETS, *extra) if b < self.eval_max_length} | {self.eval_max_length})
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            enc = encode_batch(self.tokenizer, [texts[i] for i in idx], max_length=self.eval_max_length,
+                               pad_to="longest")
+            length = next(b for b in buckets if b >= enc["input_ids"].shape[1])
+            rows = len(idx)
+            batch = {}
+            for key in MODEL_INPUTS:
+                arr = np.zeros((batch_size, 1, length), np.int32)
+                arr[:rows, 0, :enc[key].shape[1]] = enc[key]
+                batch[key] = arr
+            if self.tokenizer.pad_token_id:
+                batch["input_ids"][rows:, 0, :] = self.tokenizer.pad_token_id
+            index = np.full((batch_size,), -1, np.int32)
+            index[:rows] = offset + idx
+            batch["index"] = index
+            batch["weights"] = (index >= 0).astype(np.float32)
+            if self.domains:
+                batch["domains"] = np.full((batch_size,), int(self.cc.get("eval_domain", 0) or 0), np.int32)
+            yield {k: v[pi * per_host:(pi + 1) * per_host] for k, v in batch.items()}
+
+    def predict_fn(self, params, batch):
+        inputs = {key: batch[key] for key in MODEL_INPUTS}
+        if self.domains:
+            inputs["domains"] = batch["domains"]
+        emb = self._embed(params, inputs, None, True)[:, 0]
+        return {"embeddings": closs.l2_normalize(emb), "index": batch["index"]}, {"weight": jnp.sum(batch["weights"])}
+
+    def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
+        idx = np.asarray(outputs["index"])
+        rows = np.flatnonzero(idx >= 0)
+        if not len(rows):
+            raise ValueError("evaluation outputs hold no real rows")
+        first = int(idx[rows[0]])
+        for split, off in self.eval_offsets.items():
+            s = self.eval_sources[split]
+            if off <= first < off + len(s):
+                emb = np.zeros((len(s), outputs["embeddings"].shape[-1]), np.float32)
+                emb[idx[rows] - off] = outputs["embeddings"][rows]
+                metrics = s.metrics(emb)
+                metrics["num_texts"] = len(rows)
+                return metrics
+        raise ValueError(f"eval row index {first} belongs to no eval set")
+
+    def embed_texts(self, params, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Normalised embeddings of ``texts`` on this host (benchmarks, notebooks)."""
+        from jaxbert.eval.retrieval import SimilaritySet
+        saved = dict(self.eval_sources), dict(self.eval_offsets)
+        self.eval_sources = {"_adhoc": SimilaritySet(list(texts), np.zeros((0, 2), np.int64), np.zeros((0,)))}
+        self.eval_offsets = {"_adhoc": 0}
+        try:
+            if getattr(self, "_jit_predict", None) is None:
+                self._jit_predict = jax.jit(self.predict_fn)
+            predict = self._jit_predict
+            out = np.zeros((len(texts), self.model_config.hidden_size * len(self.pooling)), np.float32)
+            for batch in self.eval_batches("_adhoc", batch_size):
+                o, _ = predict(params, batch)
+                keep = np.asarray(batch["index"]) >= 0
+                out[np.asarray(batch["index"])[keep]] = np.asarray(o["embeddings"])[keep]
+            return out
+        finally:
+            self.eval_sources, self.eval_offsets = saved
+
+    # -------------------------------------------------------------------- persistence
+    def extra_state(self) -> dict[str, Any]:
+        return {"objective": self.objective, "pooling": list(self.pooling),
+                "labels": self.label_map.to_dict() if self.label_map is not None else None}
+
+    def export(self, params, path: str | os.PathLike) -> Path:
+        """A sentence-transformers directory (``SentenceTransformer(path)`` loads it; same embeddings).
+
+        MoE embedders export one dense sentence-transformers model per domain (``path/<domain>``).
+        """
+        from jaxbert.convert.sentence_transformers import save_sentence_transformer
+        params = jax.device_get(params)
+        if self.domains:
+            from jaxbert.models import moe_embedder
+            path = Path(path)
+            for e, domain in enumerate(self.domains):
+                dense_params, dense_cfg = moe_embedder.expert_as_dense(params["encoder"], self.model_config, e)
+                save_sentence_transformer(path / domain, dense_params, dense_cfg, self.tokenizer,
+                                          pooling=self.pooling, normalize=self.normalize,
+                                          max_seq_length=self.max_length)
+            return path
+        return save_sentence_transformer(path, params["encoder"], self.model_config, self.tokenizer,
+                                         pooling=self.pooling, normalize=self.normalize,
+                                         max_seq_length=self.max_length)
+
+
+def write_teacher_logits(pairs_path: str | os.PathLike, teacher_dir: str | os.PathLike, out_path: str | os.PathLike,
+                         *, text_field: str = "anchor", pair_field: str = "positive", teacher_field: str = "teacher",
+                         max_length: int = 128, batch_size: int = 64) -> Path:
+    """DSE step 1: score every ``(text, pair)`` record with a cross-encoder teacher (an HF
+    sequence-classification directory, e.g. the ``cross_encoder`` config's export) and write the
+    records with the teacher's logits in ``teacher_field`` (the student's regression targets)."""
+    from jaxbert.convert.hf import load_pretrained
+    from jaxbert.data.pair_pipeline import write_jsonl
+
+    src = JsonlSource(os.path.expanduser(pairs_path))
+    pre = load_pretrained(teacher_dir, task="sequence_classification")
+    tok = load_tokenizer(teacher_dir)
+
+    @jax.jit
+    def logits_fn(p, ids, mask, types):
+        return pre.model.apply({"params": p}, ids, mask, types)["logits"].astype(jnp.float32)
+
+    rows = [dict(src[i]) for i in range(len(src))]
+    for i, r in enumerate(rows):
+        for f in (text_field, pair_field):
+            if not isinstance(r.get(f), str) or not r[f].strip():
+                raise ValueError(f"{src.describe(i)}: field {f!r} must be a non-empty text")
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        enc = encode_batch(tok, [r[text_field] for r in chunk], [r[pair_field] for r in chunk], max_length=max_length)
+        n = len(chunk)
+        pad = lambda a: np.pad(a, ((0, batch_size - n), (0, 0)))  # noqa: E731
+        logits = np.asarray(logits_fn(pre.params, *(pad(enc[k]) for k in MODEL_INPUTS)))[:n]
+        for r, l in zip(chunk, logits):
+            r[teacher_field] = [float(x) for x in l]
+    return write_jsonl(rows, out_path)
