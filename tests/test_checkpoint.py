@@ -106,6 +106,18 @@ def test_round_trip_bitwise(tmp_path):
     np.testing.assert_array_equal(raw["params"]["embed"], state["params"]["embed"])
 
 
+def test_relative_workdir(tmp_path, monkeypatch):
+    """The README's main job passes a relative ``--workdir runs/...``; orbax wants absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    state = make_state()
+    with Checkpointer("runs/rel") as ckpt:
+        assert ckpt.save(3, state, extra={"data": {}})
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "3" / STEP_MARKER).exists()
+    with Checkpointer("runs/rel") as ckpt:
+        restored, _ = ckpt.restore(abstract_state=jax.eval_shape(lambda: state))
+    assert_trees_equal(restored, state)
+
+
 def test_prng_pack_helpers():
     tree = {"a": jax.random.key(1), "b": jnp.ones(2)}
     packed, impls = pack_prng_keys(tree)

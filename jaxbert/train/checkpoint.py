@@ -56,6 +56,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -323,7 +324,10 @@ class Checkpointer:
         if save_interval_steps is not None and save_interval_steps < 1:
             raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}")
 
-        self.workdir = epath.Path(workdir)
+        # orbax refuses relative paths ("Checkpoint path should be absolute"); a local workdir such
+        # as the README's `runs/...` is made absolute here, remote ones (gs://...) are left alone.
+        local = "://" not in os.fspath(workdir)
+        self.workdir = epath.Path(os.path.abspath(os.fspath(workdir))) if local else epath.Path(workdir)
         self.directory = self.workdir / CHECKPOINTS_SUBDIR
         self.keep_last, self.keep_best = keep_last, keep_best
         self.best_metric, self.best_mode = best_metric, best_mode
