@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ import numpy as np
 import flax.linen as nn
 from flax import traverse_util
 
+from jaxbert.convert.atomic_dir import write_weights_dir
 from jaxbert.models.bert import BertConfig, BertModel
 from jaxbert.models.encoder import Encoder, EncoderConfig
 from jaxbert.models.tasks import TASKS, build_task_model
@@ -483,7 +483,6 @@ def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: st
     The directory is written to a temporary sibling and renamed into place, so an interrupted
     export never leaves a half-written model where a good one was.
     """
-    from safetensors.numpy import save_file
 
     path = Path(path)
     if config.model_type not in ARCHITECTURES:
@@ -500,23 +499,7 @@ def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: st
         hf["label2id"] = {str(v): int(i) for i, v in labels.items()}
         hf["num_labels"] = n
     hf.update(extra_config or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return write_weights_dir(path, state, hf)
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from jaxbert.convert.atomic_dir import write_weights_dir
 from jaxbert.convert.hf import (LINEAR, Architecture, CheckpointMismatchError, Pretrained, Rule,
                                 Transform, hf_to_params, init_params, params_to_hf, read_hf_config,
                                 read_safetensors)
@@ -168,7 +167,6 @@ def save_llm_pretrained(path: str | os.PathLike, params: dict, config: LlmConfig
 
     Atomic like :func:`jaxbert.convert.hf.save_pretrained` (temporary sibling, then rename).
     """
-    from safetensors.numpy import save_file
 
     path = Path(path)
     arch = llm_architecture(config.model_type)
@@ -176,20 +174,4 @@ def save_llm_pretrained(path: str | os.PathLike, params: dict, config: LlmConfig
     state = {("" if k == "lm_head.weight" else "model.") + k: v for k, v in flat_state.items()}
     hf = config.to_hf_dict()
     hf.update(extra_config or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return write_weights_dir(path, state, hf)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbert.convert.atomic_dir import write_weights_dir
 from jaxbert.peft.base import PeftError, PeftMethod, PeftModel, flatten, shape_of, unflatten
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -77,7 +76,6 @@ def _base_shapes(method: PeftMethod, flat: Mapping[str, Any]) -> dict[str, list[
 def save_adapter(path: str | os.PathLike, params: Any, method: PeftMethod, model_config: Any | None = None,
                  extra: Mapping[str, Any] | None = None) -> AdapterInfo:
     """Write the adapter of ``params`` (full PEFT params) to directory ``path``; returns its size."""
-    from safetensors.numpy import save_file
 
     path = Path(path)
     flat = {p: np.asarray(v) for p, v in flatten(jax.device_get(params)).items()}
@@ -94,22 +92,7 @@ def save_adapter(path: str | os.PathLike, params: Any, method: PeftMethod, model
               "tensors": {p: packed.get(p, list(t.shape)) for p, t in tensors.items()},
               "bit_packed": packed,
               "base_shapes": _base_shapes(method, flat), **dict(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_weights_dir(path, tensors, config, weights_name=WEIGHTS_NAME, config_name=CONFIG_NAME, fmt=FORMAT)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     return AdapterInfo(path=path, size_bytes=size, num_tensors=len(tensors),
                        num_params=int(sum(np.prod(config["tensors"][p]) for p in tensors)))
