@@ -85,7 +85,7 @@ def test_bad_configs(tmp_path, data_dir, minilm_dir):
 
 
 @pytest.mark.parametrize("arg", ["wordnet", "wordnet,gradcache,matryoshka,symmetric", "dialog", "chatterbot", "mirror",
-                                 "mirror_words", "simlex", "cross_encoder"])
+                                 "mirror_words", "simlex", "cross_encoder", "simlex_cosine", "softmax", "dse", "moe"])
 def test_every_config_builds(arg, data_dir):
     from pathlib import Path
 

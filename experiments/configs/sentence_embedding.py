@@ -19,17 +19,66 @@ Arguments (comma-separated): a dataset, then flags.
             mirror_words lexical Mirror-BERT: identity pairs of single words (derived wordnet_pos
                          train split), dropout only, NT-Xent (tau 0.2); SimLex / WordSim
             simlex       CoSENT on SimLex-999 train pairs (derived 699/150/150 split)
+            simlex_cosine  cosine-similarity regression (MSE of cos(u, v) against the gold score)
+                         on the same SimLex-999 train pairs, scores rescaled 0-10 -> 0-1
+            softmax      SBERT SoftmaxLoss: a classifier over [u, v, |u - v|] on labelled
+                         (wordnet train query, synset text) pairs, 3 classes: definition (its own
+                         synset, 4,000), other_sense (another synset sharing a lemma with it, a
+                         hard negative, 3,226), unrelated (a random synset, 4,000)
             cross_encoder  a reranker: MiniLM + classifier on (query, definition) pairs, one random
                          negative per positive (the classification task); rerank the bi-encoder's
                          top-k with jaxbert.eval.retrieval.cross_encoder_scorer + rerank
+            dse          Distilled Sentence Embedding: a bi-encoder student (pair head over
+                         [u, v, u * v, |u - v|]) regresses the cross_encoder teacher's logits on the
+                         same (query, definition, relevant?) pairs: 0.5 CE + 0.5 MSE
+                         (contrastive.dse_alpha). The teacher is data.teacher_dir (default
+                         runs/wordnet_cross/export, the cross_encoder run below); its logits are
+                         computed once before training and cached (teacher_scored_pairs)
+            moe          mixture-of-experts embedder, MNRL, one expert FFN per domain in every
+                         layer (initialised from MiniLM's FFN), routing enforced by the pair's
+                         `domain`: wordnet (4,000 query -> definition), dialog (4,000 sampled
+                         movie_dialog turns), chatterbot (1,177 QA pairs); learned router trained
+                         alongside; evaluated through the wordnet expert (contrastive.eval_domain,
+                         -1 = the learned router); the export holds one sentence-transformers
+                         directory per domain (<workdir>/export/<domain>)
   flags     gradcache    GradCache (64-pair chunks) with a 256-pair contrastive batch
             matryoshka   Matryoshka loss at 384/128/64 dims
             symmetric    symmetric InfoNCE (query->doc and doc->query, per-direction)
             runlocal     a few steps on small eval sets (smoke run)
             tiny         random 2-layer BERT (bert-tiny) with the MiniLM tokenizer
 
+More runs, one per objective (a pair file is derived from the data pack on first use and
+cached under ``$JAXBERT_CACHE/derived/pairs-v1``):
+
+    # cosine-similarity regression and SBERT softmax
+    python -m experiments.launch --config experiments/configs/sentence_embedding.py:simlex_cosine \
+        --workdir runs/simlex_cosine
+    python -m experiments.launch --config experiments/configs/sentence_embedding.py:softmax \
+        --workdir runs/wordnet_softmax
+    # DSE: 1) the cross-encoder teacher, 2) the bi-encoder student (scores the pairs with
+    # runs/wordnet_cross/export first; another teacher: --config.data.teacher_dir=DIR; pairs
+    # already scored, e.g. by jaxbert.tasks.contrastive.write_teacher_logits:
+    # --config.data.teacher_dir= --config.data.train=scored.jsonl)
+    python -m experiments.launch --config experiments/configs/sentence_embedding.py:cross_encoder \
+        --workdir runs/wordnet_cross
+    python -m experiments.launch --config experiments/configs/sentence_embedding.py:dse \
+        --workdir runs/wordnet_dse
+    # mixture-of-experts embedder with domain routing
+    python -m experiments.launch --config experiments/configs/sentence_embedding.py:moe \
+        --workdir runs/moe_embedder
+
+A smoke run of any of them: append ``,tiny,runlocal``. The dse student still needs a teacher;
+any two-label sequence-classification export will do (it scores the pairs with its own
+tokenizer), e.g. a ``cross_encoder,tiny,runlocal`` run:
+
+    python -m experiments.launch --config experiments/configs/sentence_embedding.py:cross_encoder,tiny,runlocal \
+        --workdir runs/cross_tiny
+    python -m experiments.launch --config experiments/configs/sentence_embedding.py:dse,tiny,runlocal \
+        --workdir runs/dse_tiny --config.data.teacher_dir=runs/cross_tiny/export
+
 The export in ``<workdir>/export`` loads with ``sentence_transformers.SentenceTransformer``
-and ``jaxbert.SentenceEncoder.from_pretrained``.
+and ``jaxbert.SentenceEncoder.from_pretrained`` (softmax / DSE: the encoder only; the pair head
+is a training device, as in SBERT).
 """
 
 from __future__ import annotations
@@ -39,7 +88,11 @@ from ml_collections import config_dict
 
 from experiments.configs.common import base_config
 
-DATASETS = ("wordnet", "dialog", "chatterbot", "mirror", "mirror_words", "simlex", "cross_encoder")
+DATASETS = ("wordnet", "dialog", "chatterbot", "mirror", "mirror_words", "simlex", "simlex_cosine", "softmax",
+            "cross_encoder", "dse", "moe")
+SOFTMAX_LABELS = ("definition", "other_sense", "unrelated")
+MOE_DOMAINS = ("wordnet", "dialog", "chatterbot")
+DSE_TEACHER = "runs/wordnet_cross/export"  # the cross_encoder run of the module docstring
 FLAGS = ("gradcache", "matryoshka", "symmetric", "runlocal", "tiny")
 
 
@@ -126,6 +179,22 @@ def pair_file(name: str) -> str:
                 neg = rnd.choice(docs)
             rows += [{"text": p["anchor"], "pair": p["positive"], "label": 1},
                      {"text": p["anchor"], "pair": neg, "label": 0}]
+    elif name == "wordnet_senses":  # SBERT softmax: (query, synset text, definition | other_sense | unrelated)
+        rows = _sense_pairs(wn)
+    elif name == "simlex_cosine":  # cosine regression targets: SimLex 0-10 -> 0-1
+        from jaxbert.data.derived import derived_dataset
+        rows = [{"anchor": r["word1"], "positive": r["word2"], "score": float(r["score"]) / 10.0}
+                for r in map(json.loads, (derived_dataset("simlex999") / "train.jsonl").read_text().splitlines()) if r]
+    elif name == "moe_mix":  # three domains for the mixture-of-experts embedder
+        import random
+        rows = [dict(r, domain="wordnet") for r in retrieval_pairs(
+            wn / "queries_train.jsonl", wn / "qrels_train.jsonl", wn / "corpus_20k.jsonl")]
+        with gzip.open(root / "movie_dialog" / "pairs.jsonl.gz", "rt", encoding="utf-8") as f:
+            dialog = [json.loads(l) for l in f if l.strip()]
+        rows += [{"anchor": r["anchor"], "positive": r["positive"], "domain": "dialog"}
+                 for r in random.Random(0).sample(dialog, 4000)]
+        rows += [{"anchor": r["question"], "positive": r["answer"], "domain": "chatterbot"}
+                 for r in map(json.loads, Path(root / "chatterbot_qa" / "pairs.jsonl").read_text().splitlines()) if r]
     elif name == "mirror":  # wordnet definitions (the text after "lemmas: "), 10k as in Mirror-BERT
         texts = [json.loads(l)["text"] for l in (wn / "corpus_20k.jsonl").read_text().splitlines()]
         rows = [{"text": t} for t in texts[:10000]]
@@ -133,6 +202,47 @@ def pair_file(name: str) -> str:
         raise ValueError(f"no pair file for {name!r}")
     write_jsonl(rows, out)
     return str(out)
+
+
+def _sense_pairs(wn) -> list[dict]:
+    """Labelled pairs for the SBERT softmax objective, from the wordnet_defs train queries.
+
+    Per train query (an example sentence) and its synset ``d`` (``"lemma, lemma: definition"``
+    in the full 117,659-synset corpus): ``definition`` = ``d``; ``other_sense`` = a random other
+    synset listing one of ``d``'s lemmas (another sense of the same word: a hard negative; none
+    when every lemma of ``d`` is monosemous, 774 of 4,000 queries); ``unrelated`` = a random
+    synset. ``random.Random(0)``; rows in query order (the training iterator shuffles).
+    """
+    import gzip
+    import json
+    import random
+    from collections import defaultdict
+
+    from jaxbert.data.pair_pipeline import retrieval_pairs
+
+    with gzip.open(wn / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
+        corpus = [json.loads(l) for l in f if l.strip()]
+    text_of = {d["id"]: d["text"] for d in corpus}
+    id_of = {d["text"]: d["id"] for d in corpus}
+    senses: dict[str, list[str]] = defaultdict(list)
+    for d in corpus:
+        for lemma in d["text"].split(": ", 1)[0].split(", "):
+            senses[lemma.lower()].append(d["id"])
+    ids = sorted(text_of)
+    rnd = random.Random(0)
+    rows = []
+    for p in retrieval_pairs(wn / "queries_train.jsonl", wn / "qrels_train.jsonl", wn / "corpus_20k.jsonl"):
+        own = id_of[p["positive"]]
+        lemmas = p["positive"].split(": ", 1)[0].split(", ")
+        others = sorted({o for lemma in lemmas for o in senses[lemma.lower()]} - {own})
+        rows.append({"anchor": p["anchor"], "positive": p["positive"], "label": "definition"})
+        if others:
+            rows.append({"anchor": p["anchor"], "positive": text_of[rnd.choice(others)], "label": "other_sense"})
+        neg = rnd.choice(ids)
+        while neg == own:
+            neg = rnd.choice(ids)
+        rows.append({"anchor": p["anchor"], "positive": text_of[neg], "label": "unrelated"})
+    return rows
 
 
 def get_config(arg: str = "wordnet"):
@@ -156,6 +266,8 @@ def get_config(arg: str = "wordnet"):
     c.data.score_field = config_dict.placeholder(str)
     c.data.domain_field = config_dict.placeholder(str)
     c.data.teacher_field = config_dict.placeholder(str)
+    c.data.teacher_dir = config_dict.placeholder(str)  # DSE: cross-encoder that scores data.train first
+    c.data.teacher_max_length = 96
     c.data.eval_max_length = 128
     c.data.max_length = 64
     c.data.buckets = (16, 32, 48)
@@ -224,6 +336,51 @@ def get_config(arg: str = "wordnet"):
         c.evals.simlex_test.text1, c.evals.simlex_test.text2, c.evals.simlex_test.score = "word1", "word2", "score"
         c.eval_splits = ("simlex_test", "wordsim")
         c.checkpoint.best_metric = "simlex_test/spearman"
+    elif name == "simlex_cosine":
+        from jaxbert.data.derived import derived_dataset
+        folder = derived_dataset("simlex999")
+        c.data.train = pair_file("simlex_cosine")
+        c.data.score_field = "score"
+        c.data.negative_field = None
+        c.contrastive.objective = "cosine"
+        c.data.max_length = 16
+        c.data.buckets = None
+        c.batch_size = 32
+        c.num_epochs = 4.0
+        c.evals.simlex_test = _path_eval("pairs", str(folder / "test.jsonl"))
+        c.evals.simlex_test.text1, c.evals.simlex_test.text2, c.evals.simlex_test.score = "word1", "word2", "score"
+        c.eval_splits = ("simlex_test", "wordsim")
+        c.checkpoint.best_metric = "simlex_test/spearman"
+    elif name == "softmax":  # SBERT SoftmaxLoss on labelled (query, synset) pairs
+        c.data.train = pair_file("wordnet_senses")
+        c.data.negative_field = None
+        c.data.label_field = "label"
+        c.contrastive.objective = "softmax"
+        c.contrastive.labels = SOFTMAX_LABELS
+        c.contrastive.pair_features = ("u", "v", "abs_diff")
+        c.batch_size = 32  # 16 in SBERT; 32 on CPU for throughput
+        c.data.max_length = 96
+        c.data.buckets = (32, 64, 96)
+    elif name == "dse":  # student of the cross_encoder teacher on the same pairs
+        c.data.train = pair_file("wordnet_cross_train")
+        c.data.anchor_field, c.data.positive_field, c.data.negative_field = "text", "pair", None
+        c.data.label_field = "label"
+        c.data.teacher_field = "teacher"
+        c.data.teacher_dir = DSE_TEACHER
+        c.contrastive.objective = "dse"
+        c.contrastive.labels = (0, 1)  # the cross_encoder's label order: logit 1 = relevant
+        c.contrastive.dse_alpha = 0.5
+        c.contrastive.pair_features = ("u", "v", "mul", "abs_diff")  # DSE's siamese head features
+        c.batch_size = 32
+        c.data.max_length = 96
+        c.data.buckets = (32, 64, 96)
+    elif name == "moe":  # one expert per domain, enforced routing
+        c.data.train = pair_file("moe_mix")
+        c.data.domain_field = "domain"
+        c.contrastive.domains = MOE_DOMAINS
+        c.contrastive.eval_domain = 0  # the wordnet expert embeds the retrieval / similarity sets
+        c.contrastive.moe.layers = ()  # every layer
+        c.contrastive.moe.router = "learned"
     elif name == "cross_encoder":  # reranker: (query, definition) -> relevant?, the classification task
         c.task = "classification"
         c.data.train, c.data.test = pair_file("wordnet_cross_train"), pair_file("wordnet_cross_test")

@@ -7,6 +7,10 @@ Config keys read (see ``experiments/configs/sentence_embedding.py``)::
     data.train                 JSONL of pairs (jaxbert/data/pair_pipeline.py)
     data.anchor_field, positive_field, negative_field, score_field, label_field, domain_field,
     data.teacher_field         record field names
+    data.teacher_dir           DSE: a cross-encoder (HF sequence-classification dir) that scores
+                               data.train before training (cached; see teacher_scored_pairs);
+                               unset / "": data.train already holds the teacher logits
+    data.teacher_max_length    DSE: the teacher's (query, pair) truncation length (default 128)
     data.max_length, data.buckets, data.eval_max_length
     contrastive.objective      mnrl | ntxent | cosent | cosine | softmax | dse
     contrastive.scale          MNRL / CoSENT / NT-Xent logit scale (1 / temperature)
@@ -128,6 +132,16 @@ class ContrastiveTask:
         if self.objective == "softmax" and self.label_map is None:
             raise ValueError("objective 'softmax' needs contrastive.labels (the class names, in id order)")
         self.domains = tuple(_get(cc, "domains", ()) or ())
+        self.train_path = os.path.expanduser(data.train)
+        teacher_dir = _get(data, "teacher_dir")
+        if teacher_dir:
+            if self.objective != "dse":
+                raise ValueError(f"data.teacher_dir={teacher_dir!r} is for objective 'dse' (teacher-scored pairs), "
+                                 f"not {self.objective!r}; unset it")
+            self.train_path = str(teacher_scored_pairs(
+                self.train_path, teacher_dir, text_field=data.anchor_field, pair_field=data.positive_field,
+                teacher_field=_get(data, "teacher_field", "teacher"),
+                max_length=int(_get(data, "teacher_max_length", 128))))
         fields = PairFields(anchor=data.anchor_field, positive=data.positive_field, negative=data.negative_field,
                             score=_get(data, "score_field"), label=data.label_field,
                             domain=_get(data, "domain_field") if self.domains else None,
@@ -135,7 +149,7 @@ class ContrastiveTask:
         # Mirror-BERT identity pairs: span masking asked for, or NT-Xent on records without a positive.
         mirror = self.mirror_span > 0 or (self.objective == "ntxent" and not _get(data, "positive_field"))
         self.train_source = read_pair_records(
-            JsonlSource(os.path.expanduser(data.train)), fields, mirror=mirror, label_map=self.label_map,
+            JsonlSource(self.train_path), fields, mirror=mirror, label_map=self.label_map,
             domains=self.domains or None, require_score=self.objective in ("cosent", "cosine"),
             require_label=self.objective == "softmax" or (self.objective == "dse" and self.label_map is not None
                                                           and float(cc.dse_alpha) < 1.0),
@@ -144,6 +158,12 @@ class ContrastiveTask:
             raise ValueError(f"objective {self.objective!r} takes exactly two texts per record, got "
                              f"{self.train_source.num_texts} (negatives are for mnrl)")
         self._build_model(config)
+        if self.objective == "dse":
+            width, outputs = self.train_source.teacher.shape[1], self.model.num_labels
+            if width != outputs:
+                raise ValueError(
+                    f"{self.train_path}: {width} teacher logits per pair, but the student's pair head has {outputs} "
+                    "outputs (contrastive.labels, or contrastive.num_teacher_logits without labels); they must match")
         self.max_length = int(data.max_length)
         self.eval_max_length = int(_get(data, "eval_max_length", self.max_length))
         self.sample_input = {k: np.zeros((1, self.max_length), np.int32) for k in MODEL_INPUTS}
@@ -428,3 +448,55 @@ def write_teacher_logits(pairs_path: str | os.PathLike, teacher_dir: str | os.Pa
         for r, l in zip(chunk, logits):
             r[teacher_field] = [float(x) for x in l]
     return write_jsonl(rows, out_path)
+
+
+TEACHER_CACHE_VERSION = "dse-teacher-v1"
+
+
+def teacher_scored_pairs(pairs_path: str | os.PathLike, teacher_dir: str | os.PathLike, *,
+                         text_field: str = "anchor", pair_field: str = "positive", teacher_field: str = "teacher",
+                         max_length: int = 128, batch_size: int = 64, cache_root: str | os.PathLike | None = None
+                         ) -> Path:
+    """DSE's teacher step, cached: ``pairs_path`` scored by the cross-encoder in ``teacher_dir``.
+
+    Returns the path of a JSONL file holding every record of ``pairs_path`` plus
+    ``teacher_field``: the teacher's ``[num_labels]`` logits for ``(record[text_field],
+    record[pair_field])`` (:func:`write_teacher_logits`). The file lives under
+    ``<cache_root or $JAXBERT_CACHE>/derived/dse-teacher-v1/`` and is named by a hash of the pair
+    file (path, size, mtime), the teacher's weights and config, the field names and
+    ``max_length``, so a retrained teacher or an edited pair file is scored again and a rerun
+    (or a resumed job) reuses the scores.
+
+    Raises:
+      FileNotFoundError: ``teacher_dir`` is not a model directory (no ``config.json`` or no
+        weights), naming the directory and the command that trains a teacher.
+      ValueError: a record without a non-empty text in ``text_field`` / ``pair_field`` (file and line).
+    """
+    import hashlib
+    import json
+
+    from jaxbert.assets import cache_dir, sha256_of
+
+    pairs = Path(os.path.expanduser(pairs_path)).resolve()
+    teacher = Path(os.path.expanduser(teacher_dir))
+    weights = sorted(teacher.glob("*.safetensors")) if teacher.is_dir() else []
+    if not (teacher / "config.json").is_file() or not weights:
+        raise FileNotFoundError(
+            f"DSE teacher {str(teacher)!r} is not a model directory (config.json + *.safetensors); train the "
+            "cross-encoder first (python -m experiments.launch --config "
+            "experiments/configs/sentence_embedding.py:cross_encoder --workdir runs/wordnet_cross) or set "
+            "data.teacher_dir to a sequence-classification export")
+    if not pairs.is_file():
+        raise FileNotFoundError(f"DSE pair file {str(pairs)!r} not found (data.train)")
+    digest = hashlib.sha256()
+    stat = pairs.stat()
+    digest.update(json.dumps([TEACHER_CACHE_VERSION, str(pairs), stat.st_size, stat.st_mtime_ns, text_field,
+                              pair_field, teacher_field, int(max_length)]).encode())
+    for f in [teacher / "config.json", *weights]:
+        digest.update(f.name.encode() + sha256_of(f).encode())
+    root = Path(cache_root) if cache_root is not None else cache_dir() / "derived"
+    out = root / TEACHER_CACHE_VERSION / f"{pairs.stem}-{digest.hexdigest()[:16]}.jsonl"
+    if out.is_file():
+        return out
+    return write_teacher_logits(pairs, teacher, out, text_field=text_field, pair_field=pair_field,
+                                teacher_field=teacher_field, max_length=max_length, batch_size=batch_size)
