@@ -6,10 +6,21 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+_INV_SQRT2 = float(1.0 / np.sqrt(2.0))
 
 
 def _gelu_exact(x):
-    return jax.nn.gelu(x, approximate=False)
+    """Exact GELU, ``x * Phi(x)`` with ``Phi(x) = (1 + erf(x / sqrt(2))) / 2``.
+
+    Written with ``erf`` rather than ``jax.nn.gelu(approximate=False)``, which uses ``erfc`` for
+    accuracy far in the negative tail: XLA:CPU expands ``erfc`` into an exp and several
+    selects, 3x slower forward+backward at ``[4096, 1536]`` (18.8 vs 5.8 ms). The two differ by
+    at most ~1e-6 absolute (``x * Phi(x)`` is ~0 where ``erf`` loses relative precision), which is
+    also what torch's ``F.gelu`` (erf form) computes.
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(_INV_SQRT2, x.dtype)))
 
 
 def _gelu_tanh(x):
