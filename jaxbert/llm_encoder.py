@@ -11,6 +11,10 @@ Differences from the BERT-family encoder:
 * ``bidirectional`` (default True) picks the attention mode: True = every token sees every
   non-pad token (LLM2Vec); False = the causal attention the model was trained with (pair it
   with ``pooling="last_token"``).
+* A directory exported by the ``llm_embedding`` training task (:mod:`jaxbert.tasks.llm_embedding`)
+  records its pooling, attention mode, EOS appending, max length and normalisation in
+  ``config.json`` (``jaxbert_embedding``); :meth:`LlmSentenceEncoder.load` uses them for every
+  argument left None.
 * ``pooling``: one of :data:`jaxbert.models.llm_pooling.LLM_POOLINGS` (``mean``,
   ``weighted_mean``, ``last_token``/``eos``, ``first_token``); default ``mean``.
 * ``add_eos`` (default: True for last-token pooling): append the EOS token to every text, so
@@ -72,6 +76,20 @@ def _jitted_llm_embed(model: Any, mode: str):
     return jax.jit(functools.partial(_llm_embed, model=model, mode=mode), static_argnames=("normalize",))
 
 
+def _saved_embedding_settings(path: Path) -> dict[str, Any]:
+    """The ``jaxbert_embedding`` entry of an HF directory's ``config.json`` ({} if none)."""
+    import json
+
+    cfg = path / "config.json"
+    if not (path.is_dir() and cfg.is_file()):
+        return {}
+    try:
+        entry = json.loads(cfg.read_text()).get("jaxbert_embedding") or {}
+    except (json.JSONDecodeError, OSError):
+        return {}
+    return dict(entry) if isinstance(entry, dict) else {}
+
+
 class LlmSentenceEncoder(SentenceEncoder):
     """A decoder LLM (causal or bidirectional) + pooling as a sentence encoder (see the module docstring)."""
 
@@ -94,14 +112,27 @@ class LlmSentenceEncoder(SentenceEncoder):
 
     @classmethod
     def load(cls, path: str | os.PathLike, pooling: str | None = None, max_length: int | None = None, *,
-             bidirectional: bool = True, tokenizer: Any = None, add_eos: bool | None = None,
-             normalize: bool = False, **options: Any) -> "LlmSentenceEncoder":
+             bidirectional: bool | None = None, tokenizer: Any = None, add_eos: bool | None = None,
+             normalize: bool | None = None, **options: Any) -> "LlmSentenceEncoder":
         """Load a ``.gguf`` file or an HF Llama/Qwen2 directory as a sentence encoder.
 
         ``tokenizer``: a tokenizer object or directory (default: from the checkpoint; GGUF
         metadata for ``.gguf``). ``options``: ``dtype``, ``attention_implementation``.
+
+        Arguments left None take the directory's ``config.json`` entry ``jaxbert_embedding``
+        (written by the ``llm_embedding`` training task's export: ``pooling``, ``attention_mode``,
+        ``add_eos``, ``max_length``, ``normalize``) when it has one, else the defaults: mean
+        pooling, bidirectional attention, no normalisation.
         """
         from jaxbert.convert.llm_hf import load_llm, load_llm_tokenizer
+
+        saved = _saved_embedding_settings(Path(path).expanduser())
+        pooling = saved.get("pooling") if pooling is None else pooling
+        if bidirectional is None:
+            bidirectional = saved.get("attention_mode", "bidirectional") == "bidirectional"
+        add_eos = saved.get("add_eos") if add_eos is None else add_eos
+        max_length = saved.get("max_length") if max_length is None else max_length
+        normalize = bool(saved.get("normalize", False)) if normalize is None else normalize
 
         unknown = sorted(set(options) - set(_LLM_OPTIONS))
         if unknown:

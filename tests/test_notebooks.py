@@ -5,6 +5,10 @@ jupyter_client starts a kernel spec whose command is plain ``python`` with ``sys
 so the kernel runs in this test's environment; the test checks that by prepending a cell that
 prints ``sys.prefix``. Notebooks read real weights and data, so they are skipped (with the path
 in the reason) where the data pack or the MiniLM weights are unavailable.
+
+``JAXBERT_NOTEBOOK_TINY=1`` is set for the kernel: notebooks whose real model is too slow for a
+test run on a CPU (``04_llm_embedder.ipynb``: SmolLM2-135M) switch to a random tiny model there and
+run every other cell unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def test_notebook_executes(path: Path, data_dir, minilm_dir, monkeypatch):
 
     # The kernel inherits the environment: point it at the same data pack the tests use.
     monkeypatch.setenv("JAXBERT_DATA", str(data_dir))
+    monkeypatch.setenv("JAXBERT_NOTEBOOK_TINY", "1")
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.prefix)"))
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,

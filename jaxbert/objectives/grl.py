@@ -71,7 +71,8 @@ def grl_loss_fn(params: Any, model: Any, batch: dict[str, jax.Array], *, pooling
     ``batch``:
 
     * ``q_ids, q_mask [b, lq]`` (optional ``q_embed_mask``: instruction tokens 0),
-    * ``d_ids, d_mask [b, c, ld]``: candidate 0 is the positive, 1.. hard negatives,
+    * ``d_ids, d_mask [b, c, ld]``: candidate 0 is the positive, 1.. hard negatives (optional
+      ``d_embed_mask [b, c, ld]``: tokens left out of the pooled vector, e.g. BOS or an instruction),
     * ``gen_ids, gen_mask, gen_target [b, c, lg]``: query followed by candidate ``c``, with
       ``gen_target`` 1 on the candidate's tokens.
 
@@ -85,7 +86,9 @@ def grl_loss_fn(params: Any, model: Any, batch: dict[str, jax.Array], *, pooling
         return llm_pool(out.last_hidden_state, mask, pooling, embed_mask)
 
     q = embed(batch["q_ids"], batch["q_mask"], batch.get("q_embed_mask"))
-    d = embed(batch["d_ids"].reshape(b * c, ld), batch["d_mask"].reshape(b * c, ld)).reshape(b, c, -1)
+    d_embed = batch.get("d_embed_mask")
+    d = embed(batch["d_ids"].reshape(b * c, ld), batch["d_mask"].reshape(b * c, ld),
+              None if d_embed is None else d_embed.reshape(b * c, ld)).reshape(b, c, -1)
     con, metrics = contrastive_loss(q, d[:, 0], d[:, 1:] if c > 1 else None, temperature=temperature,
                                     focal_gamma=focal_gamma)
     dual = jnp.einsum("be,bce->bc", normalize(q), normalize(d))

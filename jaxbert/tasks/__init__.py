@@ -32,4 +32,5 @@ _FEATURE_TASKS = {
     "multilabel": ("jaxbert.tasks.multilabel", "MultiLabelTask"),
     "regression": ("jaxbert.tasks.regression", "RegressionTask"),
     "contrastive": ("jaxbert.tasks.contrastive", "ContrastiveTask"),  # sentence embeddings (issue #7)
+    "llm_embedding": ("jaxbert.tasks.llm_embedding", "LlmEmbeddingTask"),  # LLM embedders (issue #6)
 }
