@@ -489,7 +489,8 @@ def test_mlm_pretraining_through_the_engine(tmp_path, data_dir):
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     exported = json.loads((tmp_path / "run" / "export" / "config.json").read_text())
-    assert exported["jaxbert_config"]["model_type"] == "m2_bert"
+    assert exported["model_type"] == "m2_bert"  # reference key names: jaxbert/convert/m2.py
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
     cfg, params = m2.load_exported(tmp_path / "run" / "export")
     ids = jnp.ones((1, 16), jnp.int32)
     out = m2.M2Model(cfg.replace(add_pooling_layer=False)).apply({"params": params["encoder"]}, ids)

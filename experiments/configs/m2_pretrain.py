@@ -17,6 +17,18 @@ Run (tokenizer trained on Brown first, held-out MLM loss on the Brown validation
     # smoke run (seconds)
     python -m experiments.launch --config experiments/configs/m2_pretrain.py:tiny,runlocal --workdir /tmp/m2_smoke
 
+The export (``<workdir>/export``) is ``model.safetensors`` in the reference's key names
+(HazyResearch/m2 ``BertForMaskedLM``; table in ``jaxbert/convert/m2.py``) + ``config.json`` +
+the Brown tokenizer, written in one atomic directory swap. It is what ``model.init_from`` reads:
+the long-document retrieval harness starts from it (``m2_retrieval.py`` docstring)::
+
+    python -m experiments.launch --config experiments/configs/m2_pretrain.py:tiny --workdir runs/m2_tiny_brown
+    python -m experiments.launch \
+        --config experiments/configs/m2_retrieval.py:tiny,init=runs/m2_tiny_brown/export \
+        --workdir runs/m2_bbc_long_from_brown
+
+Measured short run (800 steps) and the retrieval numbers from it: ``docs/m2.md``.
+
 Argument: ``<size>[,flag...]`` with size ``tiny`` (m2-bert-tiny), ``80m``, ``110m`` or any M2
 preset name; flags are ``pretrain_mlm.py``'s (``runlocal``, ``mosaic``, masking names).
 """

@@ -15,7 +15,8 @@ loss is :func:`jaxbert.objectives.long_retrieval.orthogonal_projection_loss` (no
 in the contrastive task). Embeddings: mean pooling, L2-normalised; evaluation: exact cosine search
 over the 425 documents, nDCG@10 / MRR@10 / Recall@k (``jaxbert/eval/retrieval.py``).
 
-Run (tokenizer: bert-base-uncased WordPiece via MiniLM's, 30,522 ids = M2-BERT's vocabulary)::
+Run from random init (tokenizer: bert-base-uncased WordPiece via MiniLM's, 30,522 ids = M2-BERT's
+vocabulary)::
 
     python -m experiments.launch --config experiments/configs/m2_retrieval.py:tiny \
         --workdir runs/m2_bbc_long_tiny
@@ -25,11 +26,27 @@ Run (tokenizer: bert-base-uncased WordPiece via MiniLM's, 30,522 ids = M2-BERT's
     # the 80M model at 8k tokens (LoCo learning rate 5e-6 assumes a pretrained start)
     python -m experiments.launch --config experiments/configs/m2_retrieval.py:80m --workdir runs/m2_bbc_long_80m
 
-Argument: ``<size>[,runlocal]`` with size ``tiny`` (m2-bert-tiny) or ``80m`` (m2-bert-80m), both
-with 8k positions. Starting from a pretrained M2 needs a checkpoint loader for M2 parameters
-(there is no HF key table for M2 yet); ``model.init_from`` reads HF directories only. For the same
-reason there is no sentence-transformers export (``export_hf=False``); the parameters are in the
-run's checkpoints.
+**The pretrain -> retrieval chain.** ``m2_pretrain.py`` exports the MLM-pretrained M2 as
+``<workdir>/export`` (``model.safetensors`` in the reference's key names + ``config.json`` +
+the Brown-trained tokenizer; ``jaxbert/convert/m2.py``). ``init=<dir>`` starts from it: the
+model shape, the filters' ``long_conv_l_max`` and the tokenizer all come from that directory
+(``data.tokenizer`` is cleared), only the position table is enlarged to 8,192 rows (the learned
+rows tiled, reported in the load report)::
+
+    python -m experiments.launch --config experiments/configs/m2_pretrain.py:tiny --workdir runs/m2_tiny_brown
+    python -m experiments.launch \
+        --config experiments/configs/m2_retrieval.py:tiny,init=runs/m2_tiny_brown/export \
+        --workdir runs/m2_bbc_long_from_brown
+    # (the plain config with --config.model.init_from=... would keep MiniLM's tokenizer and rescale the
+    # filters to long_conv_l_max=8192: use init=)
+
+The run's ``export/`` is a sentence-transformers-style directory (modules.json + pooling) around the
+M2 weights in the reference's key names; ``model.init_from`` reads it back (sentence-transformers
+itself cannot build M2 without the reference's modelling code).
+
+Argument: ``<size>[,runlocal][,init=<dir>]`` with size ``tiny`` (m2-bert-tiny) or ``80m``
+(m2-bert-80m), both with 8k positions; ``size`` sets the learning rate (and the shape when there
+is no ``init=``).
 """
 
 from __future__ import annotations
@@ -49,7 +66,11 @@ def get_config(arg: str = "tiny"):
     from jaxbert.data.long_retrieval import bbc_long_retrieval
 
     parts = [p for p in (arg or "tiny").split(",") if p]
-    size, flags = parts[0], set(parts[1:])
+    init = [p.split("=", 1)[1] for p in parts if p.startswith("init=")]
+    parts = [p for p in parts if not p.startswith("init=")]
+    if len(init) > 1 or (init and not init[0]):
+        raise ValueError(f"give one init=<export dir>, got {init}")
+    size, flags = (parts or ["tiny"])[0], set(parts[1:])
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; known: {sorted(SIZES)}")
     unknown = flags - set(FLAGS)
@@ -63,13 +84,17 @@ def get_config(arg: str = "tiny"):
     c.model.init_from = None
     c.model.preset = SIZES[size]
     c.model.overrides.max_position_embeddings = MAX_LENGTH
-    c.model.overrides.long_conv_l_max = MAX_LENGTH
+    if not init:  # from a checkpoint the filters keep its long_conv_l_max (their time scale)
+        c.model.overrides.long_conv_l_max = MAX_LENGTH
     c.model.overrides.add_pooling_layer = False
     c.contrastive = contrastive_config()
     c.contrastive.objective = "mnrl"
     c.contrastive.pooling = "mean"
     c.contrastive.scale = 20.0
     c.data.tokenizer = "asset:minilm"
+    if init:  # shape, filters' time scale and tokenizer from the pretraining export
+        c.model.init_from = init[0]
+        c.data.tokenizer = None
     c.data.train = str(folder / "train_pairs.jsonl")
     c.data.anchor_field = "anchor"
     c.data.positive_field = "positive"
@@ -106,9 +131,7 @@ def get_config(arg: str = "tiny"):
     c.optim.warmup_ratio = 0.06
     c.optim.end_lr_factor = 0.02
     c.log_every = 50
-    # The contrastive task exports a sentence-transformers (HF) directory, and M2 has no HF key table
-    # in jaxbert: the trained parameters stay in the run's orbax checkpoints.
-    c.export_hf = False
+    c.export_hf = True  # sentence-transformers layout around reference-named M2 weights (docstring)
     if small:
         c.num_train_steps = 4
         c.log_every = 1

@@ -13,15 +13,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 
 def write_weights_dir(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], config: Mapping[str, Any],
                       weights_name: str = "model.safetensors", config_name: str = "config.json",
-                      fmt: str = "pt") -> Path:
-    """Atomically (re)create ``path`` holding ``weights_name`` (safetensors) and ``config_name`` (JSON)."""
+                      fmt: str = "pt", extra_files: Callable[[Path], Any] | None = None) -> Path:
+    """Atomically (re)create ``path`` holding ``weights_name`` (safetensors) and ``config_name`` (JSON).
+
+    ``extra_files(tmp_dir)``, when given, writes further files (a tokenizer, ...) into the
+    temporary directory before the swap, so they appear together with the weights or not at all.
+    """
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -30,6 +34,8 @@ def write_weights_dir(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     try:
         save_file(dict(tensors), str(tmp / weights_name), metadata={"format": fmt})
         (tmp / config_name).write_text(json.dumps(config, indent=2, sort_keys=True))
+        if extra_files is not None:
+            extra_files(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

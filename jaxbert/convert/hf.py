@@ -183,6 +183,9 @@ class Architecture:
 
     ``head_rules`` / ``benign_keys`` / ``other_head_keys`` / ``hf_architectures`` default to
     BERT's (``HEAD_RULES``, ``BENIGN_KEYS``, ``OTHER_HEAD_KEYS``, ``HF_ARCHITECTURES``).
+    ``prepare_state(state, config) -> (state, notes)`` checks / adapts a checkpoint's tensors before
+    the key table runs (notes go to ``LoadReport.adapted``); ``export_extras(state, config) -> dict``
+    adds tensors that are not parameters (buffers, tied copies) to an exported state dict.
     """
 
     config_cls: type
@@ -193,6 +196,8 @@ class Architecture:
     benign_keys: list[str] | None = None
     other_head_keys: list[str] | None = None
     hf_architectures: dict[str, str] | None = None
+    prepare_state: Callable[[dict, Any], tuple[dict, list[str]]] | None = None
+    export_extras: Callable[[dict, Any], dict] | None = None
 
     def rules_for(self, task: str) -> list[Rule]:
         rules = HEAD_RULES if self.head_rules is None else self.head_rules
@@ -237,6 +242,7 @@ class LoadReport:
     mismatched: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)  # (path, ckpt, model)
     initialized: list[str] = dataclasses.field(default_factory=list)  # head params freshly initialised
     ignored: list[str] = dataclasses.field(default_factory=list)  # benign or other-task keys
+    adapted: list[str] = dataclasses.field(default_factory=list)  # notes from Architecture.prepare_state
 
     def problems(self) -> str:
         lines = []
@@ -315,6 +321,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def architecture_for(hf_config: dict, path: Any = "") -> Architecture:
     model_type = hf_config.get("model_type")
+    if model_type == "bert" and hf_config.get("monarch_mixer_sequence_mixing"):  # a HazyResearch/m2 config
+        model_type = "m2_bert"
     if model_type not in ARCHITECTURES:
         raise ValueError(f"{path}/config.json has model_type={model_type!r}; jaxbert converts "
                          f"{sorted(ARCHITECTURES)}")
@@ -441,6 +449,12 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
             num_labels = state["classifier.weight"].shape[0]
         if num_labels is None:
             raise ValueError(f"task {task!r} needs num_labels ({path}/config.json has none)")
+    notes: list[str] = []
+    if arch.prepare_state is not None:
+        try:
+            state, notes = arch.prepare_state(state, config)
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"{path}: {e}") from None
     model = build_task_model(config, arch.backbone, task, num_labels)
     # Shapes only: a full checkpoint needs no random init (compile + a model-sized allocation).
     template = jax.eval_shape(functools.partial(init_params, model), jax.random.key(seed))
@@ -448,6 +462,7 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
         params, report = hf_to_params(state, model.config, template, task, strict=strict, arch=arch)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{path}: {e}") from None
+    report.adapted.extend(notes)
     flat = traverse_util.flatten_dict(params)
     if any(isinstance(v, jax.ShapeDtypeStruct) for v in flat.values()):  # heads (or non-strict gaps) to init
         fresh = traverse_util.flatten_dict(init_params(model, jax.random.key(seed)))
@@ -477,11 +492,13 @@ def _jit_init(model: nn.Module, rng: jax.Array, seq_len: int) -> dict:
 
 
 def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: str = "base",
-                    id2label: dict[int, str] | None = None, extra_config: dict | None = None) -> Path:
+                    id2label: dict[int, str] | None = None, extra_config: dict | None = None,
+                    tokenizer: Any = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers loads for ``task``.
 
     The directory is written to a temporary sibling and renamed into place, so an interrupted
-    export never leaves a half-written model where a good one was.
+    export never leaves a half-written model where a good one was; ``tokenizer`` (anything with
+    ``save_pretrained(dir)``) is written inside the same swap.
     """
 
     path = Path(path)
@@ -490,6 +507,8 @@ def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: st
                          f"convertible: {sorted(ARCHITECTURES)}")
     arch = ARCHITECTURES[config.model_type]
     state = params_to_hf(params, config, task, arch)
+    if arch.export_extras is not None:
+        state.update(arch.export_extras(state, config))
     hf = config.to_hf_dict()
     hf["architectures"] = [arch.hf_architecture(task)]
     if task in ("sequence_classification", "token_classification"):
@@ -499,7 +518,8 @@ def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: st
         hf["label2id"] = {str(v): int(i) for i, v in labels.items()}
         hf["num_labels"] = n
     hf.update(extra_config or {})
-    return write_weights_dir(path, state, hf)
+    extra = None if tokenizer is None else (lambda tmp: tokenizer.save_pretrained(str(tmp)))
+    return write_weights_dir(path, state, hf, extra_files=extra)
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -52,8 +52,12 @@ column-parallel in, row-parallel out, like a Megatron MLP.
 
 Reference checkpoints: :func:`params_from_reference` maps a HazyResearch/m2 state dict (the
 ``danfu09/m2-bert-*`` / ``togethercomputer/m2-bert-*`` layouts) to these params; a test runs a
-torch transcription of the reference forward on the same weights (max abs diff ~1e-5). MLM
-exports of this model are ``params.msgpack`` + ``config.json``; :func:`load_exported` reads them.
+torch transcription of the reference forward on the same weights (max abs diff ~1e-5).
+``jaxbert/convert/m2.py`` holds the regex key table to the reference's names: the MLM task
+exports M2 as ``model.safetensors`` + ``config.json`` + tokenizer (reference key names; the
+reference's ``load_state_dict(strict=False)`` takes it), and ``load_pretrained`` /
+``model.init_from`` read it back; :func:`load_exported` reads such an export (and the older
+``params.msgpack`` form).
 
 Initialisation follows the reference after ``post_init`` (dense layers and embeddings
 ``Normal(0, initializer_range)``, block-diagonal layers ``U(+-1/sqrt(block fan-in))``, filters as
@@ -179,6 +183,73 @@ class M2Config:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extensions"}
         out["extensions"] = [{"type": type(e).__name__, **dataclasses.asdict(e)} for e in self.extensions]
         return out
+
+    # -- config.json in the reference's names (HazyResearch/m2 ``configuration_bert.BertConfig``)
+    HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "hidden_act",
+                 "hidden_dropout_prob", "max_position_embeddings", "type_vocab_size", "initializer_range",
+                 "layer_norm_eps", "pad_token_id", "classifier_dropout", "bidirectional", "residual_long_conv",
+                 "hyena_w", "hyena_w_mod", "hyena_emb_dim", "hyena_filter_order", "hyena_training_additions",
+                 "use_glu_mlp", "monarch_mlp_nblocks")
+    # jaxbert-only architecture fields (no reference equivalent), kept under ``config.json["jaxbert_m2"]``.
+    JAXBERT_FIELDS = ("hyena_num_inner_mlps", "hyena_modulate", "hyena_filter_bias", "mlp_linear")
+    # The reference's ``BertConfig`` defaults, used for keys a foreign config.json leaves out.
+    REFERENCE_DEFAULTS = {"use_glu_mlp": True, "use_monarch_mlp": False, "monarch_mlp_nblocks": 4,
+                          "residual_long_conv": False, "bidirectional": True, "hyena_w_mod": 1,
+                          "hyena_filter_order": 64, "hyena_training_additions": False,
+                          "max_position_embeddings": 512}
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """A ``config.json`` dict in the reference's vocabulary (``model_type="m2_bert"``).
+
+        ``long_conv_l_max`` is always written as a number (the filters' time scale), so enlarging
+        ``max_position_embeddings`` when loading never changes the filters. Execution settings
+        (``dtype``, ``param_dtype``, ``remat``, ``extensions``, ``add_pooling_layer``) are not written.
+        """
+        if self.extensions:
+            raise ValueError("an M2 config with extensions has no config.json form; export the merged base model")
+        out: dict[str, Any] = {k: getattr(self, k) for k in self.HF_FIELDS}
+        out.update(model_type="m2_bert", architectures=["BertModel"], monarch_mixer_sequence_mixing=True,
+                   use_positional_encodings=True, long_conv_l_max=self.filter_l_max,
+                   use_monarch_mlp=self.mlp_linear == "blockdiag", pool_all=False, use_flash_mm=False,
+                   use_flash_fft=False, jaxbert_m2={k: getattr(self, k) for k in self.JAXBERT_FIELDS})
+        return out
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], **overrides: Any) -> "M2Config":
+        """Build from a ``config.json`` dict: a jaxbert M2 export (``model_type="m2_bert"``) or a reference
+        config (``model_type="bert"`` with ``monarch_mixer_sequence_mixing: true``)."""
+        model_type = hf.get("model_type")
+        if model_type not in ("m2_bert", "bert"):
+            raise ValueError(f"config has model_type={model_type!r}; M2Config reads 'm2_bert' (or a reference 'bert' "
+                             "config with monarch_mixer_sequence_mixing=true)")
+        if not hf.get("monarch_mixer_sequence_mixing", model_type == "m2_bert"):
+            raise ValueError("config has monarch_mixer_sequence_mixing=false: an attention BERT, not Monarch Mixer")
+        if not hf.get("use_positional_encodings", True):
+            raise ValueError("config has use_positional_encodings=false; jaxbert's M2 always has learned positions")
+        if hf.get("pool_all"):
+            raise ValueError("config has pool_all=true (mean-pooling pooler); jaxbert's M2 pooler reads [CLS]")
+        get = lambda k: hf[k] if k in hf else cls.REFERENCE_DEFAULTS[k]
+        kwargs: dict[str, Any] = {}
+        for k in cls.HF_FIELDS:
+            if k in hf:
+                kwargs[k] = hf[k]
+            elif k in cls.REFERENCE_DEFAULTS:
+                kwargs[k] = cls.REFERENCE_DEFAULTS[k]
+        for k in ("long_conv_l_max", "hyena_w", "hyena_emb_dim"):  # no reference default: from the yaml
+            if k not in hf:
+                raise ValueError(f"M2 config.json has no {k!r} (the reference sets it in the training yaml)")
+        kwargs["long_conv_l_max"] = int(hf["long_conv_l_max"])
+        if kwargs.get("pad_token_id") is None:
+            kwargs["pad_token_id"] = 0
+        extra = dict(hf.get("jaxbert_m2") or {})
+        unknown = sorted(set(extra) - set(cls.JAXBERT_FIELDS))
+        if unknown:
+            raise ValueError(f"config.json jaxbert_m2 has unknown field(s) {unknown}; known: {cls.JAXBERT_FIELDS}")
+        if "mlp_linear" not in extra:
+            extra["mlp_linear"] = "blockdiag" if get("use_monarch_mlp") else "dense"
+        kwargs.update(extra)
+        cfg = cls(**kwargs)
+        return cfg.replace(**overrides) if overrides else cfg
 
 
 def m2_config(**kw: Any) -> M2Config:
@@ -386,10 +457,11 @@ def config_from_dict(d: dict[str, Any]) -> M2Config:
 
 
 def load_exported(path: Any) -> tuple[M2Config, dict]:
-    """``(config, params)`` of a directory written by the MLM task's export (``params.msgpack`` + ``config.json``).
+    """``(config, params)`` of an M2 MLM export: ``{"encoder": ..., "mlm_head": ...}`` params.
 
-    ``params`` is the exported tree (``encoder/...`` and ``mlm_head/...``); ``params["encoder"]``
-    is what :class:`M2Model` takes.
+    Reads the safetensors export (``model.safetensors`` + ``config.json``, reference key names,
+    through :func:`jaxbert.convert.hf.load_pretrained`) or the older ``params.msgpack`` +
+    ``config.json`` form. ``params["encoder"]`` is what :class:`M2Model` takes.
     """
     import json
     from pathlib import Path
@@ -397,9 +469,14 @@ def load_exported(path: Any) -> tuple[M2Config, dict]:
     from flax import serialization
 
     path = Path(path)
+    if (path / "model.safetensors").is_file():
+        from jaxbert.convert.hf import load_pretrained
+        pre = load_pretrained(path, task="mlm", add_pooling_layer=False)  # MLM never uses the pooler
+        return pre.config, pre.params
     for name in ("config.json", "params.msgpack"):
         if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} not found (expected an M2 export: params.msgpack + config.json)")
+            raise FileNotFoundError(f"{path / name} not found (expected an M2 export: model.safetensors or "
+                                    "params.msgpack, + config.json)")
     raw = json.loads((path / "config.json").read_text())
     if "jaxbert_config" not in raw:
         raise ValueError(f"{path / 'config.json'} has no 'jaxbert_config' section (keys: {sorted(raw)})")

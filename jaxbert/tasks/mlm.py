@@ -22,7 +22,8 @@ Train metrics: ``loss`` (total objective), ``accuracy`` (MLM top-1 over predicte
 ``loss`` (MLM cross-entropy per predicted token), ``accuracy``, ``perplexity``,
 ``num_predictions`` (+ ``ngram_loss``/``ngram_accuracy``). The export is an HF
 ``BertForMaskedLM`` directory (encoder + MLM head + tokenizer; pretraining-only heads dropped)
-that ``finetune_classification.py`` loads with ``--config.model.init_from=<export dir>``.
+that ``finetune_classification.py`` loads with ``--config.model.init_from=<export dir>``; for
+M2 backbones it is the same directory in the reference's key names (``jaxbert/convert/m2.py``).
 """
 
 from __future__ import annotations
@@ -333,8 +334,9 @@ class MaskedLMTask:
     def export(self, params, path: str | os.PathLike) -> Path:
         """HF ``BertForMaskedLM`` directory + tokenizer; pretraining-only heads are dropped.
 
-        BERT exports also get a freshly initialised pooler (MLM never trains it), so
-        ``load_pretrained(..., task="sequence_classification")`` finds every backbone key.
+        BERT and M2 exports also get a freshly initialised pooler (MLM never trains it), so
+        ``load_pretrained(..., task="sequence_classification")`` finds every backbone key. The
+        tokenizer is written inside the same atomic directory swap as the weights.
         Backbones without an HF key table are saved as ``params.msgpack`` + ``config.json``.
         """
         params = jax.device_get(nn.unbox(params))
@@ -345,7 +347,7 @@ class MaskedLMTask:
                 "rows": self.stats}
         if getattr(cfg, "model_type", None) in hf_convert.ARCHITECTURES:
             keep = dict(keep)
-            if cfg.model_type == "bert" and "pooler" not in keep["encoder"]:
+            if cfg.model_type in ("bert", "m2_bert") and "pooler" not in keep["encoder"]:
                 rng = np.random.default_rng(int(self.config.seed))
                 h = cfg.hidden_size
                 enc = dict(keep["encoder"])
@@ -353,7 +355,8 @@ class MaskedLMTask:
                     "kernel": rng.normal(0.0, cfg.initializer_range, (h, h)).astype(np.float32),
                     "bias": np.zeros((h,), np.float32)}}
                 keep["encoder"] = enc
-            out = hf_convert.save_pretrained(path, keep, cfg, task="mlm", extra_config={"jaxbert_pretraining": note})
+            out = hf_convert.save_pretrained(path, keep, cfg, task="mlm", extra_config={"jaxbert_pretraining": note},
+                                             tokenizer=self.tokenizer)
         else:
             from flax import serialization
             out = Path(path)
@@ -362,7 +365,7 @@ class MaskedLMTask:
             cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
             (out / "config.json").write_text(json.dumps({"jaxbert_config": cfg_dict, "jaxbert_pretraining": note},
                                                         indent=2, default=str))
-        self.tokenizer.save_pretrained(str(out))
+            self.tokenizer.save_pretrained(str(out))
         if self.lexicon is not None:
             self.lexicon.save(out / "ngram_lexicon.json")
         return out
