@@ -143,6 +143,14 @@ def _path_eval(kind: str, path: str) -> ml_collections.ConfigDict:
     return e
 
 
+def _simlex_evals(c: ml_collections.ConfigDict, folder) -> None:
+    """Evaluate on the derived SimLex-999 test pairs (+ WordSim), keep the best by SimLex Spearman."""
+    c.evals.simlex_test = _path_eval("pairs", str(folder / "test.jsonl"))
+    c.evals.simlex_test.text1, c.evals.simlex_test.text2, c.evals.simlex_test.score = "word1", "word2", "score"
+    c.eval_splits = ("simlex_test", "wordsim")
+    c.checkpoint.best_metric = "simlex_test/spearman"
+
+
 def pair_file(name: str) -> str:
     """Pair JSONL for a dataset, derived from the data pack on first use (cached)."""
     import gzip
@@ -332,10 +340,7 @@ def get_config(arg: str = "wordnet"):
         c.data.buckets = None
         c.batch_size = 32
         c.num_epochs = 4.0
-        c.evals.simlex_test = _path_eval("pairs", str(folder / "test.jsonl"))
-        c.evals.simlex_test.text1, c.evals.simlex_test.text2, c.evals.simlex_test.score = "word1", "word2", "score"
-        c.eval_splits = ("simlex_test", "wordsim")
-        c.checkpoint.best_metric = "simlex_test/spearman"
+        _simlex_evals(c, folder)
     elif name == "simlex_cosine":
         from jaxbert.data.derived import derived_dataset
         folder = derived_dataset("simlex999")
@@ -347,10 +352,7 @@ def get_config(arg: str = "wordnet"):
         c.data.buckets = None
         c.batch_size = 32
         c.num_epochs = 4.0
-        c.evals.simlex_test = _path_eval("pairs", str(folder / "test.jsonl"))
-        c.evals.simlex_test.text1, c.evals.simlex_test.text2, c.evals.simlex_test.score = "word1", "word2", "score"
-        c.eval_splits = ("simlex_test", "wordsim")
-        c.checkpoint.best_metric = "simlex_test/spearman"
+        _simlex_evals(c, folder)
     elif name == "softmax":  # SBERT SoftmaxLoss on labelled (query, synset) pairs
         c.data.train = pair_file("wordnet_senses")
         c.data.negative_field = None

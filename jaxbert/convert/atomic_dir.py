@@ -36,15 +36,25 @@ def write_weights_dir(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         (tmp / config_name).write_text(json.dumps(config, indent=2, sort_keys=True))
         if extra_files is not None:
             extra_files(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def swap_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the finished directory ``tmp`` to ``path``, replacing an existing ``path``.
+
+    The old directory is renamed aside first and deleted only after the new one is in place, so
+    at every moment ``path`` is either the complete old export or the complete new one.
+    """
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxbert.convert import hf as hf_convert
+from jaxbert.convert.atomic_dir import swap_into_place
 from jaxbert.pooling import check_mode
 
 # jaxbert mode -> sentence-transformers legacy flag, in sentence-transformers' concatenation order.
@@ -97,14 +98,7 @@ def save_sentence_transformer(path: str | os.PathLike, encoder_params: dict, con
             {"model_type": "SentenceTransformer", "__version__": {"jaxbert": _version()}, "prompts": {},
              "default_prompt_name": None,
              "similarity_fn_name": "cosine"}, indent=2))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        swap_into_place(tmp, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path

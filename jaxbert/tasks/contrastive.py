@@ -97,6 +97,31 @@ def load_eval_set(name: str, spec: Any):
     return retrieval_eval.SimilaritySet(list(texts), np.asarray(pairs), np.asarray(scores), name=name)
 
 
+def embedding_eval_metrics(outputs: dict[str, np.ndarray], offsets: dict[str, int],
+                           sources: dict[str, Any]) -> dict[str, float]:
+    """Metrics of one eval set from its texts' embeddings.
+
+    ``outputs["index"] [n]`` holds each row's global text index (``-1`` for padding rows) and
+    ``outputs["embeddings"] [n, d]`` the embeddings; the set is the one whose index range
+    ``[offsets[split], offsets[split] + len(sources[split]))`` holds the rows. The embeddings are
+    put back in the set's text order and scored by ``sources[split].metrics``.
+    """
+    idx = np.asarray(outputs["index"])
+    rows = np.flatnonzero(idx >= 0)
+    if not len(rows):
+        raise ValueError("evaluation outputs hold no real rows")
+    first = int(idx[rows[0]])
+    for split, off in offsets.items():
+        s = sources[split]
+        if off <= first < off + len(s):
+            emb = np.zeros((len(s), outputs["embeddings"].shape[-1]), np.float32)
+            emb[idx[rows] - off] = outputs["embeddings"][rows]
+            metrics = s.metrics(emb)
+            metrics["num_texts"] = len(rows)
+            return metrics
+    raise ValueError(f"eval row index {first} belongs to no eval set")
+
+
 class ContrastiveTask:
     """Bi-encoder training on pairs (see the module docstring)."""
 
@@ -357,20 +382,7 @@ class ContrastiveTask:
         return {"embeddings": closs.l2_normalize(emb), "index": batch["index"]}, {"weight": jnp.sum(batch["weights"])}
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
-        idx = np.asarray(outputs["index"])
-        rows = np.flatnonzero(idx >= 0)
-        if not len(rows):
-            raise ValueError("evaluation outputs hold no real rows")
-        first = int(idx[rows[0]])
-        for split, off in self.eval_offsets.items():
-            s = self.eval_sources[split]
-            if off <= first < off + len(s):
-                emb = np.zeros((len(s), outputs["embeddings"].shape[-1]), np.float32)
-                emb[idx[rows] - off] = outputs["embeddings"][rows]
-                metrics = s.metrics(emb)
-                metrics["num_texts"] = len(rows)
-                return metrics
-        raise ValueError(f"eval row index {first} belongs to no eval set")
+        return embedding_eval_metrics(outputs, self.eval_offsets, self.eval_sources)
 
     def embed_texts(self, params, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Normalised embeddings of ``texts`` on this host (benchmarks, notebooks)."""

@@ -64,6 +64,8 @@ from jaxbert.models.llm_pooling import canonical_pooling, llm_pool
 from jaxbert.objectives import grl as grl_lib
 from jaxbert.objectives import mntp as mntp_lib
 from jaxbert.objectives.llm_embedding import contrastive_loss, mix_hard_negatives, normalize
+from jaxbert.tasks.contrastive import _get, embedding_eval_metrics
+from jaxbert.tasks.contrastive import load_eval_set as contrastive_load_eval_set
 
 OBJECTIVES = ("mntp", "contrastive", "grl")
 EVAL_KINDS = ("retrieval", "lee", "word_similarity")
@@ -73,26 +75,16 @@ LLM_OVERRIDES = ("dtype", "param_dtype", "attention_implementation", "remat")
 EMBEDDING_KEY = "jaxbert_embedding"
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    try:
-        value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    except (AttributeError, KeyError):
-        return default
-    return default if value is None else value
-
-
 def load_eval_set(name: str, spec: Any):
-    """A retrieval / similarity set from its ``evals.<name>`` section; errors name the set."""
+    """A retrieval / similarity set from its ``evals.<name>`` section; errors name the set.
+
+    The kinds an LLM embedder is evaluated on (:data:`EVAL_KINDS`), read by the contrastive
+    task's loader.
+    """
     kind = _get(spec, "kind")
     if kind not in EVAL_KINDS:
         raise ValueError(f"evals.{name}.kind={kind!r}; expected one of {EVAL_KINDS}")
-    if kind == "retrieval":
-        return retrieval_eval.load_retrieval_set(
-            os.path.expanduser(spec.queries), os.path.expanduser(spec.corpus), os.path.expanduser(spec.qrels),
-            corpus_limit=_get(spec, "corpus_limit"), query_limit=_get(spec, "query_limit"), name=name)
-    if kind == "lee":
-        return retrieval_eval.load_lee(os.path.expanduser(spec.path))
-    return retrieval_eval.load_word_similarity(os.path.expanduser(spec.path))
+    return contrastive_load_eval_set(name, spec)
 
 
 class _Head:
@@ -454,20 +446,7 @@ class LlmEmbeddingTask:
         return {"embeddings": normalize(emb), "index": batch["index"]}, {"weight": jnp.sum(batch["weights"])}
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
-        idx = np.asarray(outputs["index"])
-        rows = np.flatnonzero(idx >= 0)
-        if not len(rows):
-            raise ValueError("evaluation outputs hold no real rows")
-        first = int(idx[rows[0]])
-        for split, off in self.eval_offsets.items():
-            s = self.eval_sources[split]
-            if off <= first < off + len(s):
-                emb = np.zeros((len(s), outputs["embeddings"].shape[-1]), np.float32)
-                emb[idx[rows] - off] = outputs["embeddings"][rows]
-                metrics = s.metrics(emb)
-                metrics["num_texts"] = len(rows)
-                return metrics
-        raise ValueError(f"eval row index {first} belongs to no eval set")
+        return embedding_eval_metrics(outputs, self.eval_offsets, self.eval_sources)
 
     # -------------------------------------------------------------------- persistence
     def merged_params(self, params) -> Any:
