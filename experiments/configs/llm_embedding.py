@@ -51,6 +51,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from experiments.configs.common import base_config
+from experiments.configs.sentence_embedding import _path_eval, _retrieval
 
 OBJECTIVES = ("mntp", "contrastive", "grl")
 FLAGS = ("full", "focal", "mix", "reference_kl", "runlocal", "tiny")
@@ -94,24 +95,6 @@ def llm_config() -> ml_collections.ConfigDict:
     c.grl.max_query_tokens = 32  # query tokens in the generation prompt
     c.grl.max_gen_length = 96  # query + candidate tokens per generation row
     return c
-
-
-def _retrieval(root: str, corpus_limit=None, query_limit=None) -> ml_collections.ConfigDict:
-    r = ml_collections.ConfigDict()
-    r.kind = "retrieval"
-    r.queries = f"{root}/wordnet_defs/queries_test.jsonl"
-    r.corpus = f"{root}/wordnet_defs/corpus_20k.jsonl"
-    r.qrels = f"{root}/wordnet_defs/qrels_test.jsonl"
-    r.corpus_limit = config_dict.placeholder(int)
-    r.query_limit = config_dict.placeholder(int)
-    r.corpus_limit, r.query_limit = corpus_limit, query_limit
-    return r
-
-
-def _path_eval(kind: str, path: str) -> ml_collections.ConfigDict:
-    e = ml_collections.ConfigDict()
-    e.kind, e.path = kind, path
-    return e
 
 
 def tuples_file(num_negatives: int = HARD_NEGATIVES) -> str:
