@@ -111,6 +111,16 @@ def fft_long_conv(u: jax.Array, k_fwd: jax.Array, k_rev: jax.Array | None = None
     return y.astype(u.dtype)
 
 
+def _after(x: jax.Array, dep: jax.Array) -> jax.Array:
+    """``x`` unchanged, but computed (for XLA) from ``dep``, so nothing that uses it can run before ``dep``.
+
+    Adds ``0 * isnan(dep[0])`` (always exactly zero, also for non-finite ``dep``).
+    ``lax.optimization_barrier`` would say the same, but XLA:CPU removes barriers before scheduling.
+    """
+    first = jax.lax.stop_gradient(dep.reshape(-1)[0])
+    return x + jnp.zeros((), x.dtype) * jnp.isnan(first).astype(x.dtype)
+
+
 def causal_depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
     """``y_t = sum_j kernel[j] * x_{t - (K-1) + j} (+ bias)`` per channel; ``x [b, L, c]``, ``kernel [K, c]``.
 
@@ -231,8 +241,7 @@ class HyenaFilter(nn.Module):
         self.bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.normal(1.0), (self.channel_axis,)),
                                (self.channels,), self.param_dtype)
 
-    def _taps(self, mlp, length: int) -> jax.Array:
-        z, t = positional_features(length, self.l_max, self.emb_dim)
+    def _taps(self, mlp, z: jax.Array, t: jax.Array) -> jax.Array:
         h = mlp(z, self.act)
         if self.modulate:
             h = exponential_modulation(t, h, self.fast_decay_pct, self.slow_decay_pct, self.target, self.shift)
@@ -240,10 +249,20 @@ class HyenaFilter(nn.Module):
             h = h / jnp.sum(jnp.abs(h), axis=-1, keepdims=True)
         return h.astype(jnp.float32)
 
-    def filters(self, length: int) -> tuple[jax.Array, jax.Array | None]:
-        """``(k_fwd [L, channels], k_rev [L, channels] or None)``."""
-        k_fwd = self._taps(self.implicit_filter, length)
-        k_rev = self._taps(self.implicit_filter_rev, length) if self.bidirectional else None
+    def filters(self, length: int, tie_to: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+        """``(k_fwd [L, channels], k_rev [L, channels] or None)``.
+
+        ``tie_to`` (the input the filters will convolve) makes the filter computation wait for that
+        input (:func:`_after`). The filters do not depend on the data, so without it XLA is free to
+        compute every layer's filters and their spectra at the start of the forward and keep all
+        of them alive until their layer runs: at 8k tokens that was 1.6 of the 2.1 GB of an
+        m2-bert-80m forward's temporaries (456 MB with the tie). Values are unchanged.
+        """
+        z, t = positional_features(length, self.l_max, self.emb_dim)
+        if tie_to is not None:
+            z = _after(z, tie_to)
+        k_fwd = self._taps(self.implicit_filter, z, t)
+        k_rev = self._taps(self.implicit_filter_rev, z, t) if self.bidirectional else None
         return k_fwd, k_rev
 
     def skip(self) -> jax.Array | None:
@@ -252,5 +271,5 @@ class HyenaFilter(nn.Module):
 
     def __call__(self, u: jax.Array) -> jax.Array:
         """Long convolution of ``u [b, L, channels]`` with this filter (plus ``D u``)."""
-        k_fwd, k_rev = self.filters(u.shape[-2])
+        k_fwd, k_rev = self.filters(u.shape[-2], tie_to=u)
         return fft_long_conv(u, k_fwd, k_rev, self.skip())
