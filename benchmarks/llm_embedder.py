@@ -15,6 +15,8 @@ Corpus: a ``--docs`` subset of ``corpus_20k`` that contains the relevant doc of 
 (the split of ``../shared/data/README.md``: ``queries_test.jsonl`` / ``qrels_test.jsonl``) plus
 random other synsets (seed 0), so the run fits the 2-core CPU. One relevant doc per query, so
 nDCG@10 = mean of 1 / log2(rank + 1) over queries whose doc ranks in the top 10.
+
+Memory: the GRL stage peaks at ~21.5 GB resident; run the script alone on a 24 GB machine.
 """
 
 from __future__ import annotations
@@ -227,9 +229,13 @@ def main():
         return {"q_ids": q, "q_mask": m_q, "d_ids": d, "d_mask": m_d, "gen_ids": np.stack(gen),
                 "gen_mask": np.stack(gen_m), "gen_target": np.stack(gen_t)}
 
+    # GRL runs the model three times per step (queries, candidates, causal query+candidate with
+    # full-vocabulary logits). Its step peaks at ~21.5 GB RSS on this CPU even with the layers
+    # rematerialised (same gradients); a run beside other jobs on a 24 GB machine was OOM-killed.
+    grl_model = LlmModel(cfg.replace(remat=True))
     with Timer() as t:
-        grl_params, grl_losses = train_lora(model, mntp_params, cfg,
-                                            lambda p, b, r: grl.grl_loss_fn(p, model, b, temperature=0.05),
+        grl_params, grl_losses = train_lora(grl_model, mntp_params, cfg,
+                                            lambda p, b, r: grl.grl_loss_fn(p, grl_model, b, temperature=0.05),
                                             grl_batch, args.grl_steps, 2e-4)
     timings["grl_train"] = t.seconds
     run("e_mntp_grl", grl_params, True, "mean")
