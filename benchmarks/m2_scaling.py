@@ -16,7 +16,7 @@ inference: ``deterministic=True``, the jitted backbone forward returning ``last_
   **The memory target is judged on this column.** (Linux only; absent elsewhere.)
 * ``peak_rss_bytes``: the peak resident memory of the whole worker process (``ru_maxrss``):
   initialisation and XLA compilation included, which dominate at short lengths.
-  Each (model, length) runs in its own subprocess; ``--in-process`` skips that (no RSS columns).
+  Each (model, length) runs in its own subprocess; ``--in-process`` skips that (no whole-process peak).
 
 Models (same depth, width 768, batch 1):
 
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fit-from", type=int, default=1024)
     p.add_argument("--attention-memory-fraction", type=float, default=0.5)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per (model, length) worker")
-    p.add_argument("--in-process", action="store_true", help="no subprocess per point (no peak RSS)")
+    p.add_argument("--in-process", action="store_true", help="no subprocess per point (no whole-process peak RSS)")
     p.add_argument("--out-dir", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "model:length" (internal)
     return p.parse_args(argv)
@@ -152,7 +152,7 @@ def measure(model: str, length: int, args) -> dict:
     compiled = fwd.lower(params, ids).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before the reset below clears it
+    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the reset below clears ru_maxrss too
     rss_before = _reset_peak_rss()
     out = compiled(params, ids)
     out.block_until_ready()
@@ -164,7 +164,8 @@ def measure(model: str, length: int, args) -> dict:
     forward_peak = _proc_status_bytes("VmHWM") if rss_before is not None else None
     row = {"model": model, "length": length, "params": int(n_params), "time_s": statistics.median(times),
            "times_s": times, "init_and_compile_s": compile_s, "finite": bool(jnp.all(jnp.isfinite(out)))}
-    row["setup_peak_rss_bytes"] = setup_peak
+    if not args.in_process:  # the worker's lifetime peak: set-up (init + compile) or forward, whichever is larger
+        row["peak_rss_bytes"] = max(setup_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if forward_peak is not None:
         row.update(rss_before_forward_bytes=rss_before, forward_peak_rss_bytes=forward_peak)
     if mem is not None:
@@ -176,8 +177,6 @@ def measure(model: str, length: int, args) -> dict:
 def run_worker(spec: str, args) -> None:
     model, length = spec.split(":")
     row = measure(model, int(length), args)
-    # the process-lifetime peak: the larger of the set-up peak and the (reset) peak since then
-    row["peak_rss_bytes"] = max(row.pop("setup_peak_rss_bytes"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     print("M2SCALING " + json.dumps(row), flush=True)
 
 
