@@ -50,13 +50,15 @@ from benchmarks.common import Timer, load_average, machine, now_iso, say, write_
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", default="tiny", help="pretrain_mlm.py size (tiny, mini, small, base)")
+    p.add_argument("--flags", default="", help="extra pretrain_mlm.py flags, comma-separated (e.g. prenorm)")
     p.add_argument("--maskings", default="random,span", help="comma-separated pretrain_mlm.py maskings")
     p.add_argument("--steps", type=int, default=1400, help="pretraining steps per masking strategy")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--rate", type=float, default=0.15, help="training masking rate")
-    p.add_argument("--lr", type=float, default=1e-3, help="pretraining peak learning rate")
-    p.add_argument("--dropout", type=float, default=0.1, help="pretraining dropout (fine-tuning always uses 0.1)")
+    p.add_argument("--lr", type=float, default=None, help="pretraining peak learning rate (default: the config's)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="pretraining dropout (default: the config's; fine-tuning always uses 0.1)")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--ft-lrs", default="3e-4,1e-3", help="fine-tuning LR grid; each init gets the LR with "
@@ -77,9 +79,14 @@ def quiet(c):
     return c
 
 
+def config_arg(args, masking: str) -> str:
+    """The ``pretrain_mlm.py`` argument: ``<size>,<masking>[,flags]``."""
+    return ",".join([args.size, masking] + [f for f in args.flags.split(",") if f])
+
+
 def pretrain_config(args, masking: str, tokenizer: str):
     from experiments.configs.pretrain_mlm import get_config
-    c = quiet(get_config(f"{args.size},{masking}"))
+    c = quiet(get_config(config_arg(args, masking)))
     c.seed = args.seed
     c.data.tokenizer = tokenizer
     c.data.max_length = args.max_length
@@ -88,9 +95,11 @@ def pretrain_config(args, masking: str, tokenizer: str):
     c.eval_every = args.eval_every
     c.log_every = min(50, args.eval_every)
     c.mlm.rate = args.rate
-    c.optim.learning_rate = args.lr
-    c.model.overrides.hidden_dropout_prob = args.dropout
-    c.model.overrides.attention_probs_dropout_prob = args.dropout
+    if args.lr is not None:
+        c.optim.learning_rate = args.lr
+    if args.dropout is not None:
+        c.model.overrides.hidden_dropout_prob = args.dropout
+        c.model.overrides.attention_probs_dropout_prob = args.dropout
     c.eval_splits = ("validation", "test")
     c.mlm.eval_masking = "random"  # one held-out yardstick for every strategy
     c.mlm.eval_rate = 0.15
@@ -219,7 +228,7 @@ def main(argv=None) -> dict:
         result["pretraining"][masking] = {"seconds": round(t.seconds, 1), "steps": out["step"],
                                           "final": out["eval"], "curve": curve,
                                           "command": f"python -m experiments.launch --config experiments/configs/"
-                                                     f"pretrain_mlm.py:{args.size},{masking} --workdir {wd} "
+                                                     f"pretrain_mlm.py:{config_arg(args, masking)} --workdir {wd} "
                                                      f"--config.data.tokenizer={tok_dir} "
                                                      f"--config.num_train_steps={args.steps}"}
         inits[f"MLM {masking} @{out['step']}"] = out["export_dir"]

@@ -17,8 +17,8 @@ from jaxbert.tasks import get_task
 from jaxbert.train.loop import train_and_evaluate
 
 
-def small_config(tmp_path, masking="random", tokenizer=None, **mlm):
-    c = get_config(f"tiny,{masking},runlocal")
+def small_config(tmp_path, masking="random", tokenizer=None, flags="", **mlm):
+    c = get_config(f"tiny,{masking},runlocal{flags}")
     c.mlm.max_documents = 12
     c.mlm.validation_ids = c.mlm.validation_ids[:3]
     c.mlm.test_ids = c.mlm.test_ids[:2]
@@ -74,6 +74,39 @@ def test_export_matches_transformers_and_loads_for_finetuning(pretrained):
     np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-4)
     clf = hf_convert.load_pretrained(export, task="sequence_classification", num_labels=6)  # strict: no missing keys
     assert "classifier" in clf.params and "pooler" in clf.params["encoder"]
+
+
+def test_prenorm_pretraining_exports_modernbert_that_transformers_and_finetuning_load(tmp_path, pretrained):
+    """``prenorm``: the tiny shape on the ModernBERT block; its export is a ModernBertForMaskedLM that
+    transformers reproduces, and fine-tuning loads its backbone with a fresh classifier."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from jaxbert.convert import hf as hf_convert
+    from jaxbert.models.encoder import Encoder
+
+    c = small_config(tmp_path, tokenizer=str(pretrained[0] / "export"), flags=",prenorm")
+    c.num_train_steps = 3
+    assert c.optim.learning_rate == 3e-3 and c.model.overrides.intermediate_size == 320  # 8/3 x 128, x64
+    task = get_task("mlm")(c)
+    assert task.backbone is Encoder and task.model_config.norm_position == "pre"
+    assert task.model_config.pad_token_id == task.tokenizer.pad_token_id == 0  # not the preset's 50283
+    result = train_and_evaluate(c, tmp_path / "run")
+    export = tmp_path / "run" / "export"
+    hf = json.loads((export / "config.json").read_text())
+    assert hf["architectures"] == ["ModernBertForMaskedLM"] and hf["hidden_size"] == 128
+    assert hf["layer_types"] == ["full_attention", "full_attention"] and result["status"] == "done"
+    tok = AutoTokenizer.from_pretrained(str(export))
+    enc = tok(["the jury said friday an investigation of the election"], return_tensors="np")
+    pre = hf_convert.load_pretrained(export, task="mlm")
+    ours = pre.model.apply({"params": pre.params}, enc["input_ids"], enc["attention_mask"])["logits"]
+    ref = AutoModelForMaskedLM.from_pretrained(str(export)).eval()
+    with torch.no_grad():
+        theirs = ref(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])).logits
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-4)
+    clf = hf_convert.load_pretrained(export, task="sequence_classification", num_labels=6)  # strict
+    assert set(clf.params) == {"encoder", "classifier"} and clf.report.initialized
+    np.testing.assert_array_equal(clf.params["encoder"]["layer_1"]["mlp"]["wo"]["kernel"],
+                                  pre.params["encoder"]["layer_1"]["mlp"]["wo"]["kernel"])
 
 
 def test_drbert_decoder_and_ngram_head_are_pretraining_only(tmp_path, pretrained, data_dir):

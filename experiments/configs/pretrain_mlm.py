@@ -18,7 +18,9 @@ Argument: ``<size>,<masking>[,flag...]``
 * masking: ``random``, ``whole_word``, ``span`` (SpanBERT), ``ngram`` (ERNIE-Gram), ``mixture``
   (whole_word / span / random at 0.4 / 0.4 / 0.2, LegalTurk-style).
 * flags: ``mosaic`` (MosaicBERT recipe: 30% masking, bf16 compute, 6% warmup + linear decay,
-  lr 5e-4), ``decoder`` / ``gua`` (DrBERT decoder: 2 blocks, plain or gradual-unmasking),
+  lr 5e-4), ``prenorm`` (the size's shape on the ModernBERT block: pre-norm, RoPE, GeGLU, no
+  biases, no dropout, lr 3e-3 for tiny/mini; it leaves the unigram plateau of post-norm BERT
+  several times sooner, see docs/pretraining.md; exported as an HF ModernBERT directory), ``decoder`` / ``gua`` (DrBERT decoder: 2 blocks, plain or gradual-unmasking),
   ``nopack`` (one sequence per row), ``runlocal`` (a seconds-long smoke run on 40 documents).
 
 Other text: ``--config.data.train=a.jsonl,b.jsonl.gz --config.mlm.id_field=None`` (any JSONL with
@@ -32,7 +34,23 @@ from experiments.configs.finetune_classification import data_root
 
 SIZES = {"tiny": "bert-tiny", "mini": "bert-mini", "small": "bert-small", "base": "bert-base"}
 MASKINGS = ("random", "whole_word", "span", "ngram", "mixture")
-FLAGS = ("mosaic", "decoder", "gua", "nopack", "runlocal")
+FLAGS = ("mosaic", "prenorm", "decoder", "gua", "nopack", "runlocal")
+# (layers, hidden, heads) of each size, for the ``prenorm`` block.
+SHAPES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "base": (12, 768, 12)}
+
+
+def prenorm_overrides(size: str) -> dict:
+    """Model overrides that build size ``size`` on the ModernBERT block (pre-norm, RoPE, GeGLU, no biases).
+
+    The GLU width is 8/3 x hidden rounded to a multiple of 64, which matches the parameter count of
+    BERT's 4 x hidden GELU MLP; every layer attends globally (rows are at most a few hundred tokens).
+    """
+    if size not in SHAPES:
+        raise ValueError(f"the prenorm flag needs one of the sizes {sorted(SHAPES)}, got {size!r}")
+    layers, hidden, heads = SHAPES[size]
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                intermediate_size=64 * round(8 * hidden / 3 / 64), max_position_embeddings=512,
+                attention_pattern="global")
 
 # ../shared/data/README.md, "brown": split by document, seed 0, 80/10/10.
 BROWN_VALIDATION = ("ca22 ca31 ca36 ca37 ca39 cb13 cb27 cc07 cd05 ce27 ce29 ce31 cf02 cf08 cf17 cf18 cf29 cg02 "
@@ -89,6 +107,13 @@ def get_config(arg: str = "mini,random"):
         c.optim.learning_rate = 5e-4
         c.optim.schedule = "linear"
         c.optim.warmup_ratio = 0.06
+    if "prenorm" in flags:
+        c.model.preset = "modernbert-base"
+        for k, v in prenorm_overrides(size).items():
+            c.model.overrides[k] = v
+        c.model.overrides.hidden_dropout_prob = 0.0
+        c.model.overrides.attention_probs_dropout_prob = 0.0
+        c.optim.learning_rate = 3e-3 if size in ("tiny", "mini") else 1e-3
     if "decoder" in flags or "gua" in flags:
         c.mlm.decoder.kind = "gua" if "gua" in flags else "blocks"
         c.mlm.decoder.num_layers = 2

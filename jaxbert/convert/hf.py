@@ -174,6 +174,12 @@ MODERNBERT_HEAD_RULES: dict[str, list[Rule]] = {
     "mlm": [*_linear_rules("head.dense", "mlm_head/transform"),
             *_norm_rules("head.norm", "mlm_head/transform_norm"),
             Rule("decoder.bias", "mlm_head/bias")],
+    # Fine-tuning a ModernBERT backbone (e.g. a from-scratch MLM export): the backbone loads, the
+    # classifier starts fresh. jaxbert's classifier reads the [CLS] state directly; transformers'
+    # ModernBertForSequenceClassification puts a dense + norm head (and mean or CLS pooling) in
+    # front of it, so its trained head.* / classifier.* tensors are reported as ignored, never mapped.
+    "sequence_classification": [],
+    "token_classification": [],
 }
 
 

@@ -199,6 +199,9 @@ class MaskedLMTask:
         else:
             vocab = round_vocab_size(tokenizer_vocab_size(tok), int(m.vocab_multiple))
             cfg, backbone = registry.get(config.model.preset, vocab_size=vocab, **overrides)
+            pad = tok.pad_token_id
+            if pad is not None and getattr(cfg, "pad_token_id", pad) != pad and "pad_token_id" not in overrides:
+                cfg = cfg.replace(pad_token_id=pad)  # a preset's pad id (e.g. ModernBERT's 50283) means nothing here
             loaded = None
         if getattr(cfg, "add_pooling_layer", False):
             cfg = cfg.replace(add_pooling_layer=False)
