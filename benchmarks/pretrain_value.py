@@ -28,7 +28,9 @@ Markdown table on stderr (pasted into docs/pretraining.md).
 
 Usage::
 
-    python benchmarks/pretrain_value.py                 # the full run (see docs/pretraining.md)
+    python benchmarks/pretrain_value.py --flags prenorm --steps 1800 --eval-every 300 \
+        --ft-seeds 0,1,2                                 # run 2 of docs/pretraining.md (pre-norm tiny)
+    python benchmarks/pretrain_value.py                 # run 1 (post-norm bert-tiny, 1,400 steps)
     python benchmarks/pretrain_value.py --steps 60 --eval-every 30 --ft-epochs 0.3 --ft-lrs 1e-3 \
         --workdir /tmp/pv --out /tmp/pv                  # a few-minute check of the pipeline
 """
