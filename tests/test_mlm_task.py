@@ -35,6 +35,23 @@ def small_config(tmp_path, masking="random", tokenizer=None, flags="", **mlm):
     return c
 
 
+def assert_export_matches_transformers(export, hf_class):
+    """The export's MLM logits through jaxbert equal ``hf_class.from_pretrained(export)``'s (2e-4); returns the load."""
+    import torch
+    from transformers import AutoTokenizer
+    from jaxbert.convert import hf as hf_convert
+
+    tok = AutoTokenizer.from_pretrained(str(export))
+    enc = tok(["the jury said friday an investigation of the election"], return_tensors="np")
+    pre = hf_convert.load_pretrained(export, task="mlm")
+    ours = pre.model.apply({"params": pre.params}, enc["input_ids"], enc["attention_mask"])["logits"]
+    ref = hf_class.from_pretrained(str(export)).eval()
+    with torch.no_grad():
+        theirs = ref(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])).logits
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-4)
+    return pre
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, data_dir):
     """One short from-scratch run: its workdir (metrics, export)."""
@@ -59,19 +76,12 @@ def test_pretraining_run_trains_evaluates_and_exports(pretrained):
 
 
 def test_export_matches_transformers_and_loads_for_finetuning(pretrained):
-    torch = pytest.importorskip("torch")
-    from transformers import AutoTokenizer, BertForMaskedLM
+    pytest.importorskip("torch")
+    from transformers import BertForMaskedLM
     from jaxbert.convert import hf as hf_convert
 
     export = pretrained[0] / "export"
-    tok = AutoTokenizer.from_pretrained(str(export))
-    enc = tok(["the jury said friday an investigation of the election"], return_tensors="np")
-    pre = hf_convert.load_pretrained(export, task="mlm")
-    ours = pre.model.apply({"params": pre.params}, enc["input_ids"], enc["attention_mask"])["logits"]
-    ref = BertForMaskedLM.from_pretrained(str(export)).eval()
-    with torch.no_grad():
-        theirs = ref(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])).logits
-    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-4)
+    assert_export_matches_transformers(export, BertForMaskedLM)
     clf = hf_convert.load_pretrained(export, task="sequence_classification", num_labels=6)  # strict: no missing keys
     assert "classifier" in clf.params and "pooler" in clf.params["encoder"]
 
@@ -79,8 +89,8 @@ def test_export_matches_transformers_and_loads_for_finetuning(pretrained):
 def test_prenorm_pretraining_exports_modernbert_that_transformers_and_finetuning_load(tmp_path, pretrained):
     """``prenorm``: the tiny shape on the ModernBERT block; its export is a ModernBertForMaskedLM that
     transformers reproduces, and fine-tuning loads its backbone with a fresh classifier."""
-    torch = pytest.importorskip("torch")
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    pytest.importorskip("torch")
+    from transformers import AutoModelForMaskedLM
     from jaxbert.convert import hf as hf_convert
     from jaxbert.models.encoder import Encoder
 
@@ -95,14 +105,7 @@ def test_prenorm_pretraining_exports_modernbert_that_transformers_and_finetuning
     hf = json.loads((export / "config.json").read_text())
     assert hf["architectures"] == ["ModernBertForMaskedLM"] and hf["hidden_size"] == 128
     assert hf["layer_types"] == ["full_attention", "full_attention"] and result["status"] == "done"
-    tok = AutoTokenizer.from_pretrained(str(export))
-    enc = tok(["the jury said friday an investigation of the election"], return_tensors="np")
-    pre = hf_convert.load_pretrained(export, task="mlm")
-    ours = pre.model.apply({"params": pre.params}, enc["input_ids"], enc["attention_mask"])["logits"]
-    ref = AutoModelForMaskedLM.from_pretrained(str(export)).eval()
-    with torch.no_grad():
-        theirs = ref(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])).logits
-    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-4)
+    pre = assert_export_matches_transformers(export, AutoModelForMaskedLM)
     clf = hf_convert.load_pretrained(export, task="sequence_classification", num_labels=6)  # strict
     assert set(clf.params) == {"encoder", "classifier"} and clf.report.initialized
     np.testing.assert_array_equal(clf.params["encoder"]["layer_1"]["mlp"]["wo"]["kernel"],
