@@ -12,8 +12,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
-from jax import lax
 
+from jaxbert.models.layers.dense_matmul import dense_matmul
 from jaxbert.models.layers.initializers import dense_init, zeros_init
 
 
@@ -40,8 +40,7 @@ class DenseND(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(dense_init(self.initializer_range), self.kernel_axes),
                             tuple(in_dims) + features, self.param_dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        contract_x = tuple(range(x.ndim - self.contract_dims, x.ndim))
-        y = lax.dot_general(x, kernel, ((contract_x, tuple(range(self.contract_dims))), ((), ())))
+        y = dense_matmul(x, kernel, self.contract_dims)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(zeros_init, self.bias_axes), features,
                               self.param_dtype)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxbert.models.layers.activations import get_activation
+from jaxbert.models.layers.dense_matmul import dense_dot_general
 from jaxbert.models.layers.dropout import Dropout
 from jaxbert.models.layers.initializers import dense_init, zeros_init
 
@@ -27,13 +28,13 @@ class Mlp(nn.Module):
         h = nn.Dense(self.intermediate_size, use_bias=self.use_bias,
                      kernel_init=nn.with_logical_partitioning(dense_init(self.initializer_range), ("embed", "mlp")),
                      bias_init=nn.with_logical_partitioning(zeros_init, ("mlp",)),
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="wi")(x)
+                     dtype=self.dtype, param_dtype=self.param_dtype, dot_general=dense_dot_general, name="wi")(x)
         h = get_activation(self.activation)(h)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         return nn.Dense(x.shape[-1], use_bias=self.use_bias,
                         kernel_init=nn.with_logical_partitioning(dense_init(self.initializer_range), ("mlp", "embed")),
                         bias_init=nn.with_logical_partitioning(zeros_init, ("embed",)),
-                        dtype=self.dtype, param_dtype=self.param_dtype, name="wo")(h)
+                        dtype=self.dtype, param_dtype=self.param_dtype, dot_general=dense_dot_general, name="wo")(h)
 
 
 class GluMlp(nn.Module):
