@@ -11,10 +11,13 @@ about 8% of the step on a 2-core CPU.
 
 Here the backward is written out: both operands are flattened to matrices ``x [T, K]``,
 ``g [T, N]`` (``T`` = all leading axes), ``dx = g · Wᵀ`` (``W`` used in its ``[N, K]``-contracting
-form, no copy) and ``dW = (xᵀ) · g`` with ``xᵀ`` an explicit transpose. The three attention
-projections read the same ``x``, so XLA keeps one ``xᵀ`` for all of them; ``g`` is never
-transposed. Values and gradients are the same as autodiff's (the same products, summed in
-another order: float32 rounding only).
+form, no copy) and ``dW = (xᵀ) · g``. XLA folds the written transpose into the product, so
+``dW`` becomes one GEMM contracting the token axis of both operands *in place*, which XLA:CPU
+hands to Eigen with no copy of either operand: on the 2-core machine that form runs at
+108-120 GFLOP/s at BERT-base shapes (4096 tokens, 768 x 768 / 768 x 3072 / 3072 x 768), the
+copy-then-GEMM form autodiff produces at 62-80 GFLOP/s. ``g`` is never transposed. Values and
+gradients are the same as autodiff's (the same products, summed in another order: float32
+rounding only).
 
 It is used on the CPU backend; elsewhere (GPU, TPU) the compilers fold transposes into their
 GEMMs and plain ``lax.dot_general`` is kept. ``JAXBERT_DENSE_VJP=xla`` (or ``explicit``) forces
