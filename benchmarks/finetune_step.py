@@ -7,8 +7,10 @@ real, random labels), dropout on (training mode) in both:
 * **jaxbert**: the engine's own step -- ``make_train_step(ClassificationTask.loss_fn, tx)``
   jitted by ``jit_train_step`` (explicit shardings, state donated) on a 1-device mesh, with
   ``tx`` from ``make_optimizer`` on the ``rotten_tomatoes`` config's ``optim`` section (AdamW,
-  decay mask, global-norm clip 1.0, linear warmup/decay schedule). The step is compiled ahead
-  of time (``.lower().compile()``, reported as ``compile_s``), run ``--warmup`` times, then
+  decay mask, global-norm clip 1.0, linear warmup/decay schedule), with the engine's compiler
+  options (on CPU the dots run on Eigen, see ``jaxbert/compiler_options.py``; recorded as
+  ``compiler_options``; ``--jax-variant "xla=JAXBERT_CPU_DOTS=xla"`` gives XLA's default).
+  The step is compiled ahead of time (``.lower().compile()``, reported as ``compile_s``), run ``--warmup`` times, then
   ``--steps`` times, blocking on the new state after each step.
 * **torch**: ``transformers.BertForSequenceClassification`` with the same config, ``torch.optim.AdamW``
   (same betas/eps/weight decay, biases and LayerNorm not decayed), ``get_linear_schedule_with_warmup``;
@@ -115,6 +117,7 @@ def child_jax(args) -> dict:
     import jax
     import numpy as np
     import flax.linen as nn
+    from jaxbert.compiler_options import compiler_options
     from jaxbert.convert import hf as hf_convert
     from jaxbert.models import build_task_model, registry
     from jaxbert.tasks.classification import MODEL_INPUTS, ClassificationTask
@@ -176,7 +179,8 @@ def child_jax(args) -> dict:
     return {"framework": "jaxbert", "num_params": num_params, "setup_s": round(setup_s, 3),
             "compile_s": round(compile_s, 3), "first_step_s": round(first_s, 4), **_summarise(times, cpu_times),
             "step_times_s": [round(t, 4) for t in times], "final_loss": loss, "peak_rss_gib": _peak_rss_gib(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "model_overrides": overrides,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "compiler_options": compiler_options(mesh),
+            "model_overrides": overrides,
             "prng_impl": str(jax.config.jax_default_prng_impl),
             "attention_implementation": mcfg.attention_implementation,
             "jax_devices": [str(d) for d in jax.devices()]}

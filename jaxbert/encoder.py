@@ -45,6 +45,7 @@ from typing import Any, Iterable, Sequence
 import jax
 import numpy as np
 
+from jaxbert.compiler_options import compiler_options
 from jaxbert.pooling import check_mode, l2_normalize, pool, read_st_pooling, st_transformer_dir
 
 # Options accepted by ``from_pretrained(**options)`` -> allowed values.
@@ -87,7 +88,8 @@ def _jitted_embed(model: Any, modes: tuple[str, ...]):
     """One jitted forward per (module, pooling): Linen modules compare by config, so encoders of
     the same architecture (e.g. reloaded, or an HF dir and its sentence-transformers twin) share
     compiled shapes."""
-    return jax.jit(functools.partial(_embed, model=model, mode=modes), static_argnames=("normalize",))
+    return jax.jit(functools.partial(_embed, model=model, mode=modes), static_argnames=("normalize",),
+                   compiler_options=compiler_options())
 
 
 class SentenceEncoder:

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Sequence
 import jax
 import numpy as np
 
+from jaxbert.compiler_options import compiler_options
 from jaxbert.encoder import SentenceEncoder
 from jaxbert.models.llm_pooling import canonical_pooling, llm_pool
 from jaxbert.pooling import l2_normalize
@@ -73,7 +74,8 @@ def _llm_embed(params, input_ids, attention_mask, embed_mask, *, model, mode, no
 
 @functools.lru_cache(maxsize=16)
 def _jitted_llm_embed(model: Any, mode: str):
-    return jax.jit(functools.partial(_llm_embed, model=model, mode=mode), static_argnames=("normalize",))
+    return jax.jit(functools.partial(_llm_embed, model=model, mode=mode), static_argnames=("normalize",),
+                   compiler_options=compiler_options())
 
 
 def _saved_embedding_settings(path: Path) -> dict[str, Any]:

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbert.compiler_options import compiler_options
 from jaxbert.data.pair_pipeline import PairFields, make_pair_iterator, read_pair_records
 from jaxbert.data.pipeline import LabelMap
 from jaxbert.data.sources import JsonlSource
@@ -392,7 +393,7 @@ class ContrastiveTask:
         self.eval_offsets = {"_adhoc": 0}
         try:
             if getattr(self, "_jit_predict", None) is None:
-                self._jit_predict = jax.jit(self.predict_fn)
+                self._jit_predict = jax.jit(self.predict_fn, compiler_options=compiler_options())
             predict = self._jit_predict
             out = np.zeros((len(texts), self.model_config.hidden_size * len(self.pooling)), np.float32)
             for batch in self.eval_batches("_adhoc", batch_size):

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbert.compiler_options import compiler_options
 from jaxbert.convert import hf as hf_convert
 from jaxbert.data import feature_pipeline
 from jaxbert.data.tokenization import check_vocab, load_tokenizer
@@ -146,7 +147,7 @@ class FeatureTask:
     def predict_features(self, params, features: list, batch_size: int = 64) -> dict[str, np.ndarray]:
         """Run ``predict_fn`` over ``features`` on this host; outputs in feature order."""
         if self._jit_predict is None:
-            self._jit_predict = jax.jit(self.predict_fn)
+            self._jit_predict = jax.jit(self.predict_fn, compiler_options=compiler_options())
         outs = []
         for batch in self._batches(features, batch_size, single_host=True):
             out, _ = self._jit_predict(params, batch)

@@ -29,6 +29,7 @@ import numpy as np
 import flax.linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxbert.compiler_options import compiler_options
 from jaxbert.tasks import get_task
 from jaxbert.train import mesh as mesh_lib
 from jaxbert.train import optim as optim_lib
@@ -108,7 +109,8 @@ class Trainer:
             k: jax.jit(f, out_shardings=self.shardings.params)
             for k, f in self.peft.method.step_hooks(self.total_steps).items()}
         self.eval_step = jax.jit(self.task.predict_fn, in_shardings=(self.shardings.params, self._batch_shardings),
-                                 out_shardings=NamedSharding(self.mesh, P()))
+                                 out_shardings=NamedSharding(self.mesh, P()),
+                                 compiler_options=compiler_options(self.mesh))
 
     # Batch dicts hold [B, L] and [B] arrays; a callable prefix is not allowed, so the batch
     # sharding is given per key when a step is traced (jit accepts None = infer from argument).

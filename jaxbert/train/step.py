@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxbert.compiler_options import compiler_options
 from jaxbert.train.state import TrainState
 
 LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict[str, jax.Array]]]
@@ -80,10 +81,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
 
 
 def jit_train_step(step: Callable, state_shardings: Any, batch_sharding: Any, mesh) -> Callable:
-    """``jax.jit`` with explicit in/out shardings; the incoming state's buffers are donated."""
+    """``jax.jit`` with explicit in/out shardings; the incoming state's buffers are donated.
+
+    On an all-CPU mesh the step is compiled with the dots on Eigen (see
+    :mod:`jaxbert.compiler_options`; ``JAXBERT_CPU_DOTS=xla`` keeps XLA's default).
+    """
     replicated = NamedSharding(mesh, P())
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,),
+                   compiler_options=compiler_options(mesh))
 
 
 def make_eval_step(predict_fn: Callable[[Any, dict], tuple[dict, dict]]) -> Callable:
