@@ -10,8 +10,8 @@ real, random labels), dropout on (training mode) in both:
   decay mask, global-norm clip 1.0, linear warmup/decay schedule), with the engine's compiler
   options (on CPU the dots run on Eigen, see ``jaxbert/compiler_options.py``; recorded as
   ``compiler_options``; ``--jax-variant "xla=JAXBERT_CPU_DOTS=xla"`` gives XLA's default).
-  The step is compiled ahead of time (``.lower().compile()``, reported as ``compile_s``), run ``--warmup`` times, then
-  ``--steps`` times, blocking on the new state after each step.
+  The step is compiled ahead of time (``.lower().compile()``, reported as ``compile_s``), run
+  ``--warmup`` times, then ``--steps`` times, blocking on the new state after each step.
 * **torch**: ``transformers.BertForSequenceClassification`` with the same config, ``torch.optim.AdamW``
   (same betas/eps/weight decay, biases and LayerNorm not decayed), ``get_linear_schedule_with_warmup``;
   one step = ``zero_grad -> forward(labels=...) -> backward -> clip_grad_norm_(1.0) -> step -> scheduler.step``.

@@ -32,6 +32,7 @@ import os
 from typing import Any, Iterable
 
 import jax
+from jax.sharding import Mesh
 
 CPU_DOTS_ENV = "JAXBERT_CPU_DOTS"
 CPU_DOTS_CHOICES = ("eigen", "xla")
@@ -49,7 +50,7 @@ def cpu_dots_choice() -> str:
     return choice
 
 
-def compiler_options(devices: Any = None) -> dict[str, Any] | None:
+def compiler_options(devices: Mesh | Iterable[jax.Device] | None = None) -> dict[str, Any] | None:
     """``compiler_options`` for ``jax.jit`` of a function that runs on ``devices``.
 
     ``devices``: a ``jax.sharding.Mesh``, an iterable of devices, or ``None`` (the default
@@ -59,9 +60,9 @@ def compiler_options(devices: Any = None) -> dict[str, Any] | None:
     choice = cpu_dots_choice()
     if devices is None:
         devices = jax.devices()
-    elif hasattr(devices, "devices") and hasattr(devices, "axis_names"):  # a Mesh
+    elif isinstance(devices, Mesh):
         devices = devices.devices.flat
-    devices = list(devices) if isinstance(devices, Iterable) else [devices]
+    devices = list(devices)
     if choice == "xla" or not devices or any(d.platform != "cpu" for d in devices):
         return None
     return dict(_EIGEN_DOTS)

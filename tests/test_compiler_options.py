@@ -75,14 +75,16 @@ def test_choice_and_devices(monkeypatch):
         co.compiler_options(cpu)
 
 
-def _tiny_classifier():
-    cfg, backbone = registry.get("bert-tiny", num_hidden_layers=2, vocab_size=211, max_position_embeddings=64)
-    model = build_task_model(cfg, backbone, "sequence_classification", 3)
+def _tiny_batch() -> dict:
     rng = np.random.default_rng(0)
     batch = {"input_ids": rng.integers(1, 211, size=(8, 32)).astype(np.int32),
              "attention_mask": (np.arange(32)[None] < rng.integers(8, 33, size=(8, 1))).astype(np.int32),
              "labels": rng.integers(0, 3, size=(8,)).astype(np.int32)}
-    return model, batch
+    return batch
+
+
+def _tiny_bert():
+    return registry.get("bert-tiny", num_hidden_layers=2, vocab_size=211, max_position_embeddings=64)
 
 
 def _train_two_steps(model, batch, mesh):
@@ -101,16 +103,16 @@ def _train_two_steps(model, batch, mesh):
     shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
     step = jit_train_step(make_train_step(loss_fn, tx), shardings, None, mesh)
     batch = jax.tree.map(jnp.asarray, batch)
-    hlo = step.lower(state, batch).compile().as_text()
+    compiled = step.lower(state, batch).compile()
     metrics = []
     for _ in range(2):
-        state, m = step(state, batch)
+        state, m = compiled(state, batch)
         metrics.append({k: float(v) for k, v in m.items()})
-    return hlo, metrics, jax.device_get(state.params)
+    return compiled.as_text(), metrics, jax.device_get(state.params)
 
 
 def test_train_step_dots_on_eigen_same_values(monkeypatch):
-    model, batch = _tiny_classifier()
+    model, batch = build_task_model(*_tiny_bert(), "sequence_classification", 3), _tiny_batch()
     mesh = mesh_lib.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices("cpu")[:1])
     runs = {}
     for choice in ("eigen", "xla"):
@@ -139,8 +141,8 @@ def test_train_step_dots_on_eigen_same_values(monkeypatch):
 def test_encoder_forward_dots_on_eigen(monkeypatch):
     from jaxbert import encoder as enc
 
-    _, batch = _tiny_classifier()
-    cfg, backbone_cls = registry.get("bert-tiny", num_hidden_layers=2, vocab_size=211, max_position_embeddings=64)
+    batch = _tiny_batch()
+    cfg, backbone_cls = _tiny_bert()
     backbone = backbone_cls(cfg)
     ids, mask = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])
     params = nn.unbox(backbone.init(jax.random.key(3), ids[:1]))["params"]
