@@ -114,6 +114,8 @@ def _summarise(times: list[float], cpu_times: list[float]) -> dict:
 
 
 def child_jax(args) -> dict:
+    from jaxbert.host_memory import keep_freed_host_memory
+    host_malloc = keep_freed_host_memory()  # as the launcher does, before jax starts its threads
     import jax
     import numpy as np
     import flax.linen as nn
@@ -180,7 +182,7 @@ def child_jax(args) -> dict:
             "compile_s": round(compile_s, 3), "first_step_s": round(first_s, 4), **_summarise(times, cpu_times),
             "step_times_s": [round(t, 4) for t in times], "final_loss": loss, "peak_rss_gib": _peak_rss_gib(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "compiler_options": compiler_options(mesh),
-            "model_overrides": overrides,
+            "host_malloc": host_malloc, "model_overrides": overrides,
             "prng_impl": str(jax.config.jax_default_prng_impl),
             "attention_implementation": mcfg.attention_implementation,
             "jax_devices": [str(d) for d in jax.devices()]}
@@ -192,6 +194,10 @@ def torch_no_decay(name: str) -> bool:
 
 
 def child_torch(args) -> dict:
+    host_malloc = None
+    if args.torch_keep_freed_memory:  # the same glibc settings as the jaxbert child, for an A/B
+        from jaxbert.host_memory import keep_freed_host_memory
+        host_malloc = keep_freed_host_memory()
     import torch
     import transformers
 
@@ -248,7 +254,7 @@ def child_torch(args) -> dict:
             "step_times_s": [round(t, 4) for t in times], "final_loss": loss.item(), "peak_rss_gib": _peak_rss_gib(),
             "torch_num_threads": torch.get_num_threads(), "torch_num_interop_threads": torch.get_num_interop_threads(),
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
-            "adamw_foreach": args.torch_foreach, "mkldnn": torch.backends.mkldnn.is_available(),
+            "adamw_foreach": args.torch_foreach, "host_malloc": host_malloc, "mkldnn": torch.backends.mkldnn.is_available(),
             "torch_parallel_info": torch.__config__.parallel_info().splitlines()[:6]}
 
 
@@ -311,6 +317,8 @@ def _spawn(args, framework: str, shape: str, variant: dict | None) -> dict:
         cmd += ["--torch-attn", args.torch_attn]
     if args.torch_foreach is not None:
         cmd += ["--torch-foreach", str(args.torch_foreach).lower()]
+    if args.torch_keep_freed_memory:
+        cmd += ["--torch-keep-freed-memory"]
     env = dict(os.environ)
     if variant is not None:
         if variant["xla_flags"] is not None:
@@ -350,6 +358,8 @@ def main(argv=None) -> None:
     p.add_argument("--torch-attn", default=None, help="transformers attn_implementation (default: its own, sdpa)")
     p.add_argument("--torch-foreach", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                    help="torch AdamW foreach (default: torch's choice, the for-loop on CPU)")
+    p.add_argument("--torch-keep-freed-memory", action="store_true",
+                   help="give the torch child jaxbert's host-memory settings too (jaxbert/host_memory.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="finetune_step", help="result file benchmarks/results/<name>.json")
     p.add_argument("--out-dir", default=None)
@@ -426,7 +436,8 @@ def main(argv=None) -> None:
         "settings": {"shapes": shapes, "batch": args.batch, "length": args.length, "steps": args.steps,
                      "warmup": args.warmup, "threads": args.threads, "rounds": args.rounds,
                      "jax_variants": variants,
-                     "torch_attn": args.torch_attn, "torch_adamw_foreach": args.torch_foreach, "seed": args.seed,
+                     "torch_attn": args.torch_attn, "torch_adamw_foreach": args.torch_foreach,
+                     "torch_keep_freed_memory": args.torch_keep_freed_memory, "seed": args.seed,
                      "steps_per_s": "timed steps / their total wall time (best round); *_median: 1 / median step",
                      "cpu_s_per_step": "process CPU seconds (all threads) per timed step, same round",
                      "threads_note": "each child pinned to `threads` cores; XLA:CPU uses every usable core, "

@@ -74,6 +74,9 @@ def main(argv):
 
 
 def run() -> None:
+    # First, before jax starts its threads: reuse freed host memory (no page faults per step).
+    from jaxbert.host_memory import keep_freed_host_memory
+    keep_freed_host_memory()
     # Validate overrides before absl parses them, so the message can suggest valid keys.
     argv = sys.argv
     config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)

@@ -122,8 +122,12 @@ def test_prompt_init_from_text_is_the_embedded_text(tiny):
                                     np.arange(1, 6, dtype=np.int32)[None])
     np.testing.assert_allclose(prompt, np.asarray(ref[0]), atol=1e-5)
     # After-CLS insertion: the classifier still reads [CLS]; the sequence is 5 tokens longer.
-    out = att.model.model.apply({"params": att.params}, **SAMPLE)["last_hidden_state"]
+    # (The full last layer: with the first-token shortcut the classifier model returns token 0 only.)
+    full = att.model.model.clone(config=att.model.model.config.replace(first_token_shortcut=False))
+    out = full.apply({"params": att.params}, **SAMPLE)["last_hidden_state"]
     assert out.shape[1] == SAMPLE["input_ids"].shape[1] + 5
+    shortcut = att.model.model.apply({"params": att.params}, **SAMPLE)
+    np.testing.assert_allclose(np.asarray(shortcut["last_hidden_state"][:, 0]), np.asarray(out[:, 0]), atol=1e-5)
     with pytest.raises(PeftError, match="needs a tokenizer"):
         peft.build(pc, cfg)
 

@@ -68,6 +68,11 @@ class BertConfig:
     param_dtype: str = "float32"
     attention_implementation: str = "xla"
     remat: bool = False
+    # When the caller reads only the first token of the last layer (the [CLS] pooler of
+    # sequence classification asks with ``first_token_only=True``), run the last block for that
+    # token alone: the same outputs for it, about 1/num_hidden_layers less compute. False always
+    # runs the full last block (an ablation switch). Not part of the HF config.
+    first_token_shortcut: bool = True
     # Modules inserted at the encoder's extension sites (adapters, prefixes, soft prompts);
     # see jaxbert/models/layers/extensions.py. Not part of the HF config.
     extensions: tuple = ()
@@ -183,17 +188,27 @@ class BertLayer(nn.Module):
     layer_index: int = 0
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool = True):
+    def __call__(self, x, mask, deterministic: bool = True, first_token_only: bool = False):
+        """``x [b, l, embed]`` -> ``[b, l, embed]``; ``[b, 1, embed]`` (the first token's output
+        only) when ``first_token_only``: its query attends to all of ``x`` as usual, and the
+        other positions' attention output, residuals, norms and MLP are not computed."""
         cfg = self.config
         dt, pdt = cfg.compute_dtype, cfg.storage_dtype
         kv_prefix = None
         for ext in extensions.at_site(cfg, "attention_kv"):  # at most one is meaningful; last wins
             kv_prefix = ext.build(cfg, self.layer_index, ext.name)(x.shape[0], dt)
+        queries = None
+        if first_token_only:
+            queries = x[:, :1]
+            if mask is not None and mask.shape[2] > 1:  # per-query rows (segments): keep the first
+                mask = mask[:, :, :1]
         h = MultiHeadAttention(
             num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
             dropout_rate=cfg.attention_probs_dropout_prob, initializer_range=cfg.initializer_range,
             implementation=cfg.attention_implementation, dtype=dt, param_dtype=pdt,
-            name="attention")(x, mask=mask, deterministic=deterministic, kv_prefix=kv_prefix)
+            name="attention")(x, mask=mask, deterministic=deterministic, kv_prefix=kv_prefix, queries=queries)
+        if first_token_only:
+            x = queries
         h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         for ext in extensions.at_site(cfg, "after_attention"):
             h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
@@ -232,14 +247,21 @@ class BertModel(nn.Module):
     [b, l]`` (1, 2, ... per sequence, 0 = padding). Attention is then restricted to the token's
     own segment (combined with ``attention_mask``) and, unless ``position_ids`` is given,
     positions restart at 0 in every segment.
+
+    ``first_token_only=True`` says the caller reads only token 0 of the last layer (the pooler,
+    a [CLS] classifier): with ``config.first_token_shortcut`` (the default) the last block then
+    runs for that token alone and ``last_hidden_state`` is ``[b, 1, embed]``; token 0's values
+    and the pooler output are those of the full computation.
     """
 
     config: BertConfig
+    # EncoderForSequenceClassification passes first_token_only=True to backbones that say so.
+    supports_first_token_only = True
 
     def setup(self):
         cfg = self.config
         self.embeddings = BertEmbeddings(cfg)
-        block = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
+        block = nn.remat(BertLayer, static_argnums=(3, 4)) if cfg.remat else BertLayer
         self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
         self.embedding_extensions = [e.build(cfg, None, e.name) for e in extensions.at_site(cfg, "embeddings")]
         if cfg.add_pooling_layer:
@@ -247,7 +269,7 @@ class BertModel(nn.Module):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 segment_ids=None) -> EncoderOutput:
+                 segment_ids=None, first_token_only: bool = False) -> EncoderOutput:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
         b, l = input_ids.shape
@@ -274,8 +296,10 @@ class BertModel(nn.Module):
         mask = combine_masks(padding_mask(attention_mask),
                              None if segment_ids is None else segment_mask(segment_ids))
         states = [x] if output_hidden_states else None
-        for layer in self.layers:
-            x = layer(x, mask, deterministic)
+        # Heads that read only token 0 (the pooler, [CLS] classifiers): the last block runs for it alone.
+        shortcut = first_token_only and self.config.first_token_shortcut
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, deterministic, shortcut and i == len(self.layers) - 1)
             if output_hidden_states:
                 states.append(x)
         pooled = self.pooler(x) if self.config.add_pooling_layer else None

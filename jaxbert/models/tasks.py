@@ -63,7 +63,12 @@ class EncoderForMaskedLM(nn.Module):
 
 
 class EncoderForSequenceClassification(nn.Module):
-    """Backbone + pooler + classifier. ``logits [b, num_labels]`` (regression: ``num_labels=1``)."""
+    """Backbone + pooler + classifier. ``logits [b, num_labels]`` (regression: ``num_labels=1``).
+
+    The head reads token 0 only, so a backbone that can (``supports_first_token_only``, e.g.
+    BERT) is asked to run its last block for that token alone; ``last_hidden_state`` is then
+    ``[b, 1, embed]``.
+    """
 
     config: Any
     backbone: Any
@@ -73,8 +78,9 @@ class EncoderForSequenceClassification(nn.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True):
         cfg = self.config
+        kwargs = {"first_token_only": True} if getattr(self.backbone, "supports_first_token_only", False) else {}
         out = self.backbone(cfg, name="encoder")(input_ids, attention_mask, token_type_ids, position_ids,
-                                                 deterministic=deterministic)
+                                                 deterministic=deterministic, **kwargs)
         pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         logits = ClassificationHead(self.num_labels, _classifier_dropout(cfg), cfg.initializer_range,
                                     cfg.compute_dtype, cfg.storage_dtype, name="classifier")(pooled, deterministic)

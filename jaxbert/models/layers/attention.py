@@ -157,17 +157,23 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, bias: jax.Array | None = None,
-                 deterministic: bool = True, kv_prefix: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+                 deterministic: bool = True, kv_prefix: tuple[jax.Array, jax.Array] | None = None,
+                 queries: jax.Array | None = None) -> jax.Array:
         """``x [b, l, embed]``, ``mask [b, 1|h, l, l]`` -> ``[b, l, embed]``.
 
         ``kv_prefix`` = ``(k, v)`` each ``[b, p, heads, kv]`` is prepended to the keys/values
         (every query may attend to it), the seam prefix tuning uses.
+        ``queries [b, q, embed]`` (default ``x``): the states the queries are projected from,
+        e.g. a subset of ``x``'s positions when only those outputs are needed; keys and values
+        still come from all of ``x``. The output is then ``[b, q, embed]`` and ``mask``/``bias``
+        must have ``q`` (or 1) rows.
         """
         proj = lambda name: DenseND(
             features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
             bias_axes=("heads", "kv"), use_bias=self.use_bias, initializer_range=self.initializer_range,
             dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
+        q = proj("query")(x if queries is None else queries)
+        k, v = proj("key")(x), proj("value")(x)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         if kv_prefix is not None:
             pk, pv = kv_prefix
