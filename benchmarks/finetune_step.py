@@ -194,10 +194,10 @@ def torch_no_decay(name: str) -> bool:
 
 
 def child_torch(args) -> dict:
-    host_malloc = None
-    if args.torch_keep_freed_memory:  # the same glibc settings as the jaxbert child, for an A/B
-        from jaxbert.host_memory import keep_freed_host_memory
-        host_malloc = keep_freed_host_memory()
+    # The same host-memory settings as the jaxbert child (JAXBERT_HOST_MALLOC from --torch-host-malloc):
+    # torch's large activations are mmap-ed and faulted in every step under glibc's defaults too.
+    from jaxbert.host_memory import keep_freed_host_memory
+    host_malloc = keep_freed_host_memory()
     import torch
     import transformers
 
@@ -317,9 +317,9 @@ def _spawn(args, framework: str, shape: str, variant: dict | None) -> dict:
         cmd += ["--torch-attn", args.torch_attn]
     if args.torch_foreach is not None:
         cmd += ["--torch-foreach", str(args.torch_foreach).lower()]
-    if args.torch_keep_freed_memory:
-        cmd += ["--torch-keep-freed-memory"]
     env = dict(os.environ)
+    if framework == "torch":
+        env["JAXBERT_HOST_MALLOC"] = args.torch_host_malloc
     if variant is not None:
         if variant["xla_flags"] is not None:
             env["XLA_FLAGS"] = variant["xla_flags"]
@@ -358,8 +358,8 @@ def main(argv=None) -> None:
     p.add_argument("--torch-attn", default=None, help="transformers attn_implementation (default: its own, sdpa)")
     p.add_argument("--torch-foreach", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                    help="torch AdamW foreach (default: torch's choice, the for-loop on CPU)")
-    p.add_argument("--torch-keep-freed-memory", action="store_true",
-                   help="give the torch child jaxbert's host-memory settings too (jaxbert/host_memory.py)")
+    p.add_argument("--torch-host-malloc", choices=("keep", "system"), default="keep",
+                   help="the torch child's host-memory setting (jaxbert/host_memory.py); default keep, as jaxbert")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="finetune_step", help="result file benchmarks/results/<name>.json")
     p.add_argument("--out-dir", default=None)
@@ -437,7 +437,7 @@ def main(argv=None) -> None:
                      "warmup": args.warmup, "threads": args.threads, "rounds": args.rounds,
                      "jax_variants": variants,
                      "torch_attn": args.torch_attn, "torch_adamw_foreach": args.torch_foreach,
-                     "torch_keep_freed_memory": args.torch_keep_freed_memory, "seed": args.seed,
+                     "torch_host_malloc": args.torch_host_malloc, "seed": args.seed,
                      "steps_per_s": "timed steps / their total wall time (best round); *_median: 1 / median step",
                      "cpu_s_per_step": "process CPU seconds (all threads) per timed step, same round",
                      "threads_note": "each child pinned to `threads` cores; XLA:CPU uses every usable core, "

@@ -1,29 +1,33 @@
 """Host memory of a training process: keep freed memory for reuse instead of returning it.
 
-XLA:CPU allocates one temporary buffer per execution (activations, gradients, scratch: 4.0 GiB
+XLA:CPU allocates one temporary buffer per execution (activations, gradients, scratch: 3.7 GiB
 for the BERT-base train step at batch 32 x 128) with ``malloc`` and frees it when the execution
 ends. glibc serves every allocation above 32 MiB with a fresh ``mmap`` and gives it back with
 ``munmap`` on ``free``, so each step faults the whole buffer in again, page by page: about a
-million 4-KiB page faults and 3 CPU-seconds of kernel time per BERT-base step (measured with
-``getrusage`` on the 2-core machine: step 9.2-9.5 s, then 7.9-8.2 s with freed memory kept).
+million 4-KiB page faults and 3.5 CPU-seconds of kernel time per BERT-base step (measured with
+``getrusage`` on the 2-core machine: step 8.9-9.3 s; 6.6-7.1 s with these settings, resident
+memory unchanged at 5.7 GiB over 12 steps).
 
-:func:`keep_freed_host_memory` tells glibc (``mallopt``) to serve large blocks from the heap
-and never trim it, so a freed step buffer is reused by the next step with no page faults:
+:func:`keep_freed_host_memory` makes the buffer come from, and return to, the main thread's
+heap, where the next step finds it again with its pages still mapped:
 
-* ``M_ARENA_MAX = 1``: every thread allocates from the main arena. A thread with an arena of
-  its own (XLA executes on its own threads) would still get a large block from ``mmap``;
-  only the main arena can grow its heap to a multi-GiB block.
-* ``M_MMAP_MAX = 0``: no block is served by ``mmap``.
-* ``M_TRIM_THRESHOLD = SIZE_MAX``: the top of the heap is never returned to the kernel.
+* ``M_MMAP_MAX = 0`` (``mallopt``): no block is served by ``mmap``;
+* ``M_TRIM_THRESHOLD = SIZE_MAX``: the top of the heap is never returned to the kernel;
+* ``jax_cpu_enable_async_dispatch = False``: XLA:CPU runs a single-device computation on the
+  calling thread instead of its own. That matters: glibc gives every other thread an arena of
+  its own, made of 64-MiB heaps, and such an arena serves a multi-GiB block with ``mmap``
+  whatever ``M_MMAP_MAX`` says; only the main arena can grow its heap to hold it. (Forcing all
+  threads onto the main arena, ``M_ARENA_MAX = 1``, also removes the faults, but the threads'
+  small blocks then land in the freed step buffer and the heap grows by another buffer every
+  few steps: 5.6 -> 13.0 GiB resident after 9 steps.)
 
-A small block left inside a freed region can make the heap grow by one buffer once or twice
-more before it has room for both (the page faults of those steps); after that it is steady.
 The price: the process keeps its peak heap (resident memory does not fall after a peak), and
-all threads share one allocator lock (XLA:CPU's kernels do not allocate in their loops).
-That fits a process that runs training or inference steps until it exits, which is why the
-entry points call it (``python -m experiments.launch``, the benchmarks), not ``import jaxbert``.
-In a notebook call it first, before the first jax computation: threads that have already
-allocated keep their own arenas, and their large blocks are still mapped afresh.
+Python waits for each computation to finish instead of dispatching ahead (on CPU the step
+is the work; grain's read threads keep prefetching meanwhile). That fits a process that runs
+training or inference steps until it exits, which is why the entry points call it (``python -m
+experiments.launch``, the benchmarks), not ``import jaxbert``. In a notebook, call it before the
+first jax computation: the dispatch setting takes effect when jax creates its CPU backend.
+Computations over several CPU devices (a simulated mesh) still run on XLA's threads.
 
 ``JAXBERT_HOST_MALLOC`` selects: ``keep`` (the default) or ``system`` (change nothing). Only
 glibc (Linux) has these settings; elsewhere the call does nothing and says so.
@@ -42,7 +46,6 @@ HOST_MALLOC_CHOICES = ("keep", "system")
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
 
 _applied: dict | None = None
 
@@ -72,8 +75,8 @@ def keep_freed_host_memory() -> dict:
     """Make glibc keep freed memory for reuse (see the module docstring); idempotent.
 
     Returns what was done, for run records: ``{"host_malloc": "keep"|"system"|"unsupported",
-    "late": bool}``. ``late`` is True when jax's backend already existed at the first call, so
-    XLA's threads may still map their large blocks afresh.
+    "late": bool}``. ``late`` is True when jax's CPU backend already existed at the first call:
+    computations then keep running on XLA's threads, whose large blocks are still mapped afresh.
     """
     global _applied
     if _applied is not None:
@@ -91,9 +94,11 @@ def keep_freed_host_memory() -> dict:
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     libc.mallopt.restype = ctypes.c_int
     # glibc converts the int to size_t, so -1 is SIZE_MAX: never trim.
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
     failed = [param for param, value in settings if libc.mallopt(param, value) != 1]
     if failed:
         raise OSError(f"mallopt refused parameter(s) {failed} (glibc {platform.libc_ver()[1]})")
+    import jax
+    jax.config.update("jax_cpu_enable_async_dispatch", False)  # read when the CPU backend is made
     _applied = {"host_malloc": "keep", "late": late}
     return dict(_applied)

@@ -4,7 +4,8 @@ Each case runs in its own Python process (the setting is process-wide, and must 
 jax starts its threads): a jitted function whose XLA temporary buffer is 128 MiB runs six
 times and reports the minor page faults of each call (``getrusage``). With glibc's defaults
 the buffer is mapped afresh every call (~33,000 4-KiB faults each); with
-``keep_freed_host_memory`` it is reused (almost none). Results are the same either way.
+``keep_freed_host_memory`` it is reused (almost none) -- unless jax's backend was made before
+the call. Results are the same either way.
 """
 
 from __future__ import annotations
@@ -74,13 +75,9 @@ def test_kept_memory_removes_the_per_call_page_faults():
     assert default["temp_bytes"] > 100 * 2**20, default  # above glibc's 32 MiB mmap ceiling
     # glibc's default: the buffer is mapped afresh and faulted in on every call.
     assert min(default["faults"][1:]) > pages // 2, (pages, default["faults"])
-    # Kept: after the first call the buffer is the heap's. A small block left in the freed
-    # region can make the heap grow by one buffer once more (then it has room for both), so
-    # most calls, not all, fault nothing.
+    # Kept: after the first call the buffer is the main heap's; no call faults it in again.
     assert kept["record"] == {"host_malloc": "keep", "late": False}
-    faulting = [n for n in kept["faults"][1:] if n > pages // 50]
-    assert len(faulting) <= 2, (pages, kept["faults"])
-    assert sum(kept["faults"][1:]) < sum(default["faults"][1:]) / 2, (kept["faults"], default["faults"])
+    assert max(kept["faults"][1:]) < pages // 50, (pages, kept["faults"])
     assert kept["checksum"] == default["checksum"]
 
 
@@ -89,8 +86,11 @@ def test_system_setting_changes_nothing_and_late_calls_are_flagged():
     system = _run("early", "system")
     assert system["record"] == {"host_malloc": "system", "late": False}
     assert min(system["faults"][1:]) > system["temp_bytes"] // 4096 // 2
+    # Called after jax made its CPU backend: computations still run on XLA's threads, whose
+    # arenas map large blocks afresh, and the record says so.
     late = _run("late")
     assert late["record"] == {"host_malloc": "keep", "late": True}
+    assert min(late["faults"][1:]) > late["temp_bytes"] // 4096 // 2
 
 
 def test_bad_setting_is_a_clear_error(monkeypatch):
