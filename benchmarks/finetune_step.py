@@ -16,6 +16,11 @@ real, random labels), dropout on (training mode) in both:
   (same betas/eps/weight decay, biases and LayerNorm not decayed), ``get_linear_schedule_with_warmup``;
   one step = ``zero_grad -> forward(labels=...) -> backward -> clip_grad_norm_(1.0) -> step -> scheduler.step``.
 
+Host memory: both children call ``jaxbert.host_memory.keep_freed_host_memory()`` first, as the
+launcher does (freed memory kept for reuse, CPU steps on the calling thread; recorded as
+``host_malloc``); ``--torch-host-malloc system`` leaves torch on glibc's defaults and
+``--jax-variant "system=JAXBERT_HOST_MALLOC=system"`` jaxbert.
+
 Each framework runs in its own child process (no thread pool of one framework idles or spins
 next to the other; XLA flags can differ per jax variant), one after the other on the same
 machine in the same invocation. Threads: ``--threads k`` (default: all usable cores) pins each
