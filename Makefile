@@ -1,5 +1,5 @@
 # jaxbert: two commands on a fresh machine (Python 3.11, no GPU).
-#   make run    fine-tune the real all-MiniLM-L6-v2 on rotten_tomatoes (the main job, ~10 min on 2 cores)
+#   make run    fine-tune the real all-MiniLM-L6-v2 on rotten_tomatoes (the main job, 3-10 min on 2 cores)
 #   make test   the whole test suite (what CI runs)
 # Both create .venv and install the project with its test extras on first use.
 
