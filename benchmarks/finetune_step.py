@@ -363,7 +363,8 @@ def main(argv=None) -> None:
     p.add_argument("--torch-attn", default=None, help="transformers attn_implementation (default: its own, sdpa)")
     p.add_argument("--torch-foreach", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                    help="torch AdamW foreach (default: torch's choice, the for-loop on CPU)")
-    p.add_argument("--torch-host-malloc", choices=("keep", "system"), default="keep",
+    from jaxbert.host_memory import HOST_MALLOC_CHOICES
+    p.add_argument("--torch-host-malloc", choices=HOST_MALLOC_CHOICES, default=HOST_MALLOC_CHOICES[0],
                    help="the torch child's host-memory setting (jaxbert/host_memory.py); default keep, as jaxbert")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="finetune_step", help="result file benchmarks/results/<name>.json")

@@ -28,11 +28,12 @@ process for an A/B run: ``python benchmarks/finetune_step.py --frameworks jaxber
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable
 
 import jax
 from jax.sharding import Mesh
+
+from jaxbert.env_choice import env_choice
 
 CPU_DOTS_ENV = "JAXBERT_CPU_DOTS"
 CPU_DOTS_CHOICES = ("eigen", "xla")
@@ -43,11 +44,7 @@ _EIGEN_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDU
 
 def cpu_dots_choice() -> str:
     """The ``JAXBERT_CPU_DOTS`` setting (``eigen`` when unset); a clear error for anything else."""
-    raw = os.environ.get(CPU_DOTS_ENV, "")
-    choice = raw.strip().lower() or "eigen"
-    if choice not in CPU_DOTS_CHOICES:
-        raise ValueError(f"{CPU_DOTS_ENV}={raw!r}; known: {', '.join(CPU_DOTS_CHOICES)}")
-    return choice
+    return env_choice(CPU_DOTS_ENV, CPU_DOTS_CHOICES)
 
 
 def compiler_options(devices: Mesh | Iterable[jax.Device] | None = None) -> dict[str, Any] | None:

@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
+import sys
+
+from jaxbert.env_choice import env_choice
 
 HOST_MALLOC_ENV = "JAXBERT_HOST_MALLOC"
 HOST_MALLOC_CHOICES = ("keep", "system")
@@ -54,16 +56,11 @@ _applied: dict | None = None
 
 def host_malloc_choice() -> str:
     """The ``JAXBERT_HOST_MALLOC`` setting (``keep`` when unset); a clear error for anything else."""
-    raw = os.environ.get(HOST_MALLOC_ENV, "")
-    choice = raw.strip().lower() or "keep"
-    if choice not in HOST_MALLOC_CHOICES:
-        raise ValueError(f"{HOST_MALLOC_ENV}={raw!r}; known: {', '.join(HOST_MALLOC_CHOICES)}")
-    return choice
+    return env_choice(HOST_MALLOC_ENV, HOST_MALLOC_CHOICES)
 
 
 def _jax_backend_started() -> bool:
     """Whether jax has created its backends (and with them XLA's threads) in this process."""
-    import sys
     if "jax" not in sys.modules:
         return False
     try:
