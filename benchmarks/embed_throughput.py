@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from jaxbert.assets import fetch
-    from jaxbert.encoder import SentenceEncoder
+    from jaxbert.inference.sentence_encoder import SentenceEncoder
 
     corpora = load_corpora(args.corpora.split(","), args.bbc_split, args.limit)
     model_dir = fetch("minilm")

@@ -209,7 +209,7 @@ def model_flops(cfg, batch: dict) -> float:
 
 
 def jax_config(preset_name: str, args):
-    from jaxbert.models.encoder import preset
+    from jaxbert.models.transformer.model import preset
 
     over = dict(dtype=args.dtype, attention_implementation=args.attention_implementation)
     if args.tiny:
@@ -272,8 +272,8 @@ def run_jax(name: str, batches: list[dict], args, np) -> dict:
     import jax.numpy as jnp
     import optax
     import flax.linen as nn
-    from jaxbert.models.encoder import Encoder
-    from jaxbert.models.tasks import build_task_model
+    from jaxbert.models.transformer.model import Encoder
+    from jaxbert.models.task_models import build_task_model
 
     preset_name, unpadded = JAX_MODELS[name]
     cfg = jax_config(preset_name, args)

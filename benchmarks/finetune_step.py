@@ -82,7 +82,7 @@ def _model_config(shape: str, overrides: dict | None = None):
     if shape == "minilm":
         from jaxbert import assets
         from jaxbert.convert import hf as hf_convert
-        from jaxbert.models.bert import BertConfig
+        from jaxbert.models.bert.model import BertConfig
         path = Path(assets.fetch("minilm"))
         return BertConfig.from_hf_dict(hf_convert.read_hf_config(path), **overrides), path
     if shape in registry.names():

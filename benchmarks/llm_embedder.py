@@ -134,11 +134,11 @@ def main():
 
     from jaxbert import SentenceEncoder
     from jaxbert.assets import fetch
-    from jaxbert.convert.llm_hf import load_llm, load_llm_tokenizer
-    from jaxbert.llm_encoder import LlmSentenceEncoder
-    from jaxbert.models.llm import LlmModel
+    from jaxbert.models.llm.hf import load_llm, load_llm_tokenizer
+    from jaxbert.inference.llm_encoder import LlmSentenceEncoder
+    from jaxbert.models.llm.model import LlmModel
     from jaxbert.objectives import grl, mntp
-    from jaxbert.models.llm_pooling import llm_pool
+    from jaxbert.models.llm.pooling import llm_pool
     from jaxbert.objectives.llm_embedding import contrastive_loss
 
     doc_ids, corpus, test_q, qrels, train_pairs = load_data(args.docs, args.data)

@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)))
     p.add_argument("--models", default="m2,attention")
     p.add_argument("--m2-preset", default="m2-bert-80m")
-    p.add_argument("--attention-preset", default="bert-base", help="a jaxbert.models.encoder preset")
+    p.add_argument("--attention-preset", default="bert-base", help="a jaxbert.models.transformer.model preset")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fit-from", type=int, default=1024)
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build(model: str, length: int, args):
-    from jaxbert.models import encoder, m2
+    from jaxbert.models.transformer import model, m2
 
     if model == "m2":
         cfg = m2.preset(args.m2_preset, max_position_embeddings=length, long_conv_l_max=length,
@@ -103,7 +103,7 @@ def build(model: str, length: int, args):
 
 
 def attention_fits(length: int, args) -> tuple[bool, float]:
-    from jaxbert.models import encoder
+    from jaxbert.models.transformer import model
 
     heads = encoder.preset(args.attention_preset).num_attention_heads
     need = 3 * heads * length * length * 4

@@ -1,5 +1,5 @@
 """jaxbert: BERT-family encoders and embedding models in JAX/Flax."""
 
-from jaxbert.encoder import SentenceEncoder
+from jaxbert.inference.sentence_encoder import SentenceEncoder
 
 __all__ = ["SentenceEncoder"]

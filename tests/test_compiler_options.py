@@ -139,7 +139,7 @@ def test_train_step_dots_on_eigen_same_values(monkeypatch):
 
 
 def test_encoder_forward_dots_on_eigen(monkeypatch):
-    from jaxbert import encoder as enc
+    from jaxbert.inference import sentence_encoder as enc
 
     batch = _tiny_batch()
     cfg, backbone_cls = _tiny_bert()

@@ -12,7 +12,7 @@ import flax.linen as nn
 
 from jaxbert.models import registry
 from jaxbert.objectives import contrastive as C
-from jaxbert.pooling import pool
+from jaxbert.models.pooling import pool
 
 B, K, L = 64, 2, 64
 

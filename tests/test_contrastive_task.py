@@ -54,7 +54,7 @@ def test_trainer_mnrl_gradcache_matryoshka_end_to_end(tmp_path, data_dir, minilm
     assert len(train_rows) == 3 and all(np.isfinite(r["loss"]) for r in train_rows)
     assert any(r["split"] == "wordnet" and "mrr@10" in r for r in rows)
     # the export is a sentence-transformers directory that jaxbert (and sentence-transformers) load
-    from jaxbert.encoder import SentenceEncoder
+    from jaxbert.inference.sentence_encoder import SentenceEncoder
     export = tmp_path / "run" / "export"
     assert (export / "modules.json").is_file() and (export / "1_Pooling" / "config.json").is_file()
     emb = SentenceEncoder.from_pretrained(export).encode(["a sharp-pointed tip on a stem", "a thorn"])

@@ -24,8 +24,8 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from jaxbert.convert.hf import CheckpointMismatchError, load_pretrained, read_safetensors, save_pretrained
-from jaxbert.models.bert import BertConfig, BertModel
-from jaxbert.models.tasks import build_task_model
+from jaxbert.models.bert.model import BertConfig, BertModel
+from jaxbert.models.task_models import build_task_model
 
 SENTENCES_FILE = "rotten_tomatoes/validation.jsonl"
 TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxbert.models import build_task_model, registry
-from jaxbert.models.bert import BertModel
+from jaxbert.models.bert.model import BertModel
 
 LAYERS = 3
 

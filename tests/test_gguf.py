@@ -11,11 +11,11 @@ from flax import traverse_util
 
 pytest.importorskip("gguf")
 
-from jaxbert.convert.gguf import GGUFError, permute_qk, read_gguf, unpermute_qk, write_gguf  # noqa: E402
-from jaxbert.convert.llm_hf import load_llm, load_llm_tokenizer, llm_architecture  # noqa: E402
+from jaxbert.models.llm.gguf import GGUFError, permute_qk, read_gguf, unpermute_qk, write_gguf  # noqa: E402
+from jaxbert.models.llm.hf import load_llm, load_llm_tokenizer, llm_architecture  # noqa: E402
 from jaxbert.convert.hf import params_to_hf  # noqa: E402
-from jaxbert.models import llm  # noqa: E402
-from jaxbert.models.llm import LlmModel  # noqa: E402
+from jaxbert.models.llm import model as llm  # noqa: E402
+from jaxbert.models.llm.model import LlmModel  # noqa: E402
 
 
 def _params(cfg, seed=0):

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import traverse_util
 
-from jaxbert.models import llm
-from jaxbert.models.llm import LlmConfig, LlmModel, greedy_generate
+from jaxbert.models.llm import model as llm
+from jaxbert.models.llm.model import LlmConfig, LlmModel, greedy_generate
 
 
 def _init(cfg: LlmConfig, seed: int = 0) -> dict:
@@ -118,7 +118,7 @@ def test_hf_safetensors_parity_and_roundtrip(tmp_path, name):
     torch = pytest.importorskip("torch")
     import transformers
 
-    from jaxbert.convert.llm_hf import load_llm, save_llm_pretrained
+    from jaxbert.models.llm.hf import load_llm, save_llm_pretrained
 
     cfg = llm.preset(name)
     params = _init(cfg, seed=3)

@@ -9,10 +9,10 @@ import jax
 import flax.linen as nn
 
 import jaxbert
-from jaxbert.convert.llm_hf import save_llm_pretrained
-from jaxbert.llm_encoder import LlmSentenceEncoder, is_llm_checkpoint
-from jaxbert.models import llm
-from jaxbert.models.llm import LlmModel
+from jaxbert.models.llm.hf import save_llm_pretrained
+from jaxbert.inference.llm_encoder import LlmSentenceEncoder, is_llm_checkpoint
+from jaxbert.models.llm import model as llm
+from jaxbert.models.llm.model import LlmModel
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(200)]
 

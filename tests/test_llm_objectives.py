@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxbert.compress.soup import SoupError, greedy_soup, soup
-from jaxbert.models import llm
-from jaxbert.models.llm import LlmModel
-from jaxbert.models.llm_pooling import LLM_POOLINGS, canonical_pooling, instruction_embed_mask, llm_pool
+from jaxbert.models.llm import model as llm
+from jaxbert.models.llm.model import LlmModel
+from jaxbert.models.llm.pooling import LLM_POOLINGS, canonical_pooling, instruction_embed_mask, llm_pool
 from jaxbert.objectives import grl, mntp
 from jaxbert.objectives.llm_embedding import (contrastive_loss, focal_weights, info_nce, mix_hard_negatives,
                                               normalize)

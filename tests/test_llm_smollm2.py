@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
 import jaxbert  # noqa: E402
-from jaxbert.models.llm import greedy_generate  # noqa: E402
+from jaxbert.models.llm.model import greedy_generate  # noqa: E402
 
 TOL = 1e-3
 

@@ -47,7 +47,7 @@ def test_launcher_trains_evaluates_exports(objective, tmp_path_factory, data_dir
 
     from experiments.configs.llm_embedding import get_config
     from jaxbert import SentenceEncoder
-    from jaxbert.llm_encoder import LlmSentenceEncoder
+    from jaxbert.inference.llm_encoder import LlmSentenceEncoder
     from jaxbert.tasks import get_task
 
     workdir, proc = _launch(tmp_path_factory, data_dir, f"{objective},tiny,runlocal")

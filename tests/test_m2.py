@@ -20,9 +20,9 @@ import pytest
 import flax.linen as nn
 from flax import traverse_util
 
-from jaxbert.models import m2
+from jaxbert.models.m2 import model as m2
 from jaxbert.models.layers import hyena
-from jaxbert.models.tasks import build_task_model
+from jaxbert.models.task_models import build_task_model
 
 LENGTHS = [1, 2, 7, 16, 33, 100, 127]
 

@@ -18,9 +18,9 @@ import flax.linen as nn
 from flax import traverse_util
 
 from jaxbert.convert import hf as hf_convert
-from jaxbert.convert import m2 as m2_convert
-from jaxbert.models import m2
-from jaxbert.models.tasks import build_task_model
+from jaxbert.models.m2 import hf as m2_convert
+from jaxbert.models.m2 import model as m2
+from jaxbert.models.task_models import build_task_model
 
 
 def _cfg(**kw) -> m2.M2Config:

@@ -92,7 +92,7 @@ def test_prenorm_pretraining_exports_modernbert_that_transformers_and_finetuning
     pytest.importorskip("torch")
     from transformers import AutoModelForMaskedLM
     from jaxbert.convert import hf as hf_convert
-    from jaxbert.models.encoder import Encoder
+    from jaxbert.models.transformer.model import Encoder
 
     c = small_config(tmp_path, tokenizer=str(pretrained[0] / "export"), flags=",prenorm")
     c.num_train_steps = 3
@@ -162,7 +162,7 @@ def test_bprop_pairs_and_rop_loss(tmp_path, pretrained):
 
 
 def test_generic_backbone_without_segment_ids(tmp_path, pretrained, monkeypatch):
-    from jaxbert.models.bert import BertModel
+    from jaxbert.models.bert.model import BertModel
 
     class PlainBackbone(BertModel):  # BertModel's signature minus segment_ids
         def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,

@@ -1,4 +1,4 @@
-"""The configurable encoder block (``jaxbert.models.encoder``): presets, logical axes, the BERT path
+"""The configurable encoder block (``jaxbert.models.transformer.model``): presets, logical axes, the BERT path
 on real MiniLM weights, block variants, attention implementations, dtypes, PEFT extension sites
 and clear errors for bad configs."""
 
@@ -12,9 +12,9 @@ import flax.linen as nn
 from flax import traverse_util
 
 from jaxbert.models import registry
-from jaxbert.models.encoder import PRESETS, Encoder, EncoderConfig, preset
+from jaxbert.models.transformer.model import PRESETS, Encoder, EncoderConfig, preset
 from jaxbert.models.layers import unpad
-from jaxbert.models.tasks import build_task_model
+from jaxbert.models.task_models import build_task_model
 
 IDS = np.array([[5, 9, 13, 22, 7, 3, 0, 0], [4, 8, 15, 16, 23, 42, 11, 2]], np.int32) % 64
 MASK = np.array([[1, 1, 1, 1, 1, 1, 0, 0], [1] * 8], np.int32)

@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from jaxbert.convert.hf import load_pretrained, read_safetensors, save_pretrained
-from jaxbert.models.encoder import EncoderConfig
+from jaxbert.models.transformer.model import EncoderConfig
 from jaxbert.models.layers import unpad
 
 TOL = 1e-4
@@ -156,7 +156,7 @@ def test_masked_lm_head_parity(tmp_path):
 
 
 def test_unsupported_exports_are_clear():
-    from jaxbert.models.encoder import preset
+    from jaxbert.models.transformer.model import preset
     with pytest.raises(ValueError, match="not expressible as a transformers ModernBertConfig"):
         preset("mosaicbert-tiny", model_type="modernbert").to_hf_dict()
     with pytest.raises(ValueError, match="rope_type"):

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from jaxbert.models import registry
-from jaxbert.models.tasks import build_task_model
+from jaxbert.models.task_models import build_task_model
 from jaxbert.train import optim
 
 NUM_LAYERS = 4

@@ -9,7 +9,7 @@ import pytest
 
 from jaxbert.data.mlm_pipeline import chunk_documents
 from jaxbert.data.packing import pack_rows, packing_efficiency, plan_bins, segment_positions
-from jaxbert.models.bert import BertConfig, BertModel, segment_positions as jax_segment_positions
+from jaxbert.models.bert.model import BertConfig, BertModel, segment_positions as jax_segment_positions
 from jaxbert.models.mlm_decoders import DecoderConfig, EncoderForPretraining
 
 CFG = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

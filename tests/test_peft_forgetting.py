@@ -29,9 +29,9 @@ def test_lee_spearman_is_rank_correlation():
 
 def test_encode_matches_one_by_one(minilm_dir):
     from jaxbert.data.tokenization import load_tokenizer
-    from jaxbert.models.bert import BertModel
+    from jaxbert.models.bert.model import BertModel
     from jaxbert.models import registry
-    from jaxbert.pooling import l2_normalize, pool
+    from jaxbert.models.pooling import l2_normalize, pool
 
     tok = load_tokenizer(minilm_dir)
     cfg, _ = registry.get("bert-tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -116,7 +116,7 @@ def test_prompt_init_from_text_is_the_embedded_text(tiny):
     att = peft.attach(model, method, base, SAMPLE)
     prompt = np.asarray(flatten(att.params)["encoder/soft_prompt/embedding"])
     # What the embeddings module produces for tokens 7, 8, 7, 8, 7 at positions 1..5:
-    from jaxbert.models.bert import BertEmbeddings
+    from jaxbert.models.bert.model import BertEmbeddings
     ids = np.array([[7, 8, 7, 8, 7]], np.int32)
     ref = BertEmbeddings(cfg).apply({"params": base["encoder"]["embeddings"]}, ids, np.zeros_like(ids),
                                     np.arange(1, 6, dtype=np.int32)[None])

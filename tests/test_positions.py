@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbert.models.encoder import Encoder, preset
+from jaxbert.models.transformer.model import Encoder, preset
 from jaxbert.models.layers import positions as P
 
 

@@ -58,7 +58,7 @@ def _check_run(workdir: Path, metrics: dict[str, str]) -> dict:
 
 
 def _check_st_export(export: Path, dim: int = 128) -> None:
-    from jaxbert.encoder import SentenceEncoder
+    from jaxbert.inference.sentence_encoder import SentenceEncoder
     assert (export / "modules.json").is_file() and (export / "1_Pooling" / "config.json").is_file()
     emb = SentenceEncoder.from_pretrained(export).encode(["a sharp-pointed tip on a stem", "a thorn"])
     assert emb.shape == (2, dim) and np.all(np.isfinite(emb))

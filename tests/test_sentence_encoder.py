@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbert.encoder import SentenceEncoder, length_buckets, row_buckets
-from jaxbert.pooling import POOLING_MODES, pool, read_st_pooling
+from jaxbert.inference.sentence_encoder import SentenceEncoder, length_buckets, row_buckets
+from jaxbert.models.pooling import POOLING_MODES, pool, read_st_pooling
 
 
 # Batches of 16 keep the padded work small on 2 CPU cores (texts are length-sorted into batches);

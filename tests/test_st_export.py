@@ -13,7 +13,7 @@ import flax.linen as nn
 from jaxbert.convert.hf import load_pretrained
 from jaxbert.convert.sentence_transformers import pooling_config, save_sentence_transformer
 from jaxbert.data.tokenization import encode_batch, load_tokenizer
-from jaxbert.encoder import SentenceEncoder
+from jaxbert.inference.sentence_encoder import SentenceEncoder
 from jaxbert.models import registry
 from jaxbert.models.embedder import SentenceEmbedder
 

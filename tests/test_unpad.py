@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbert.models.encoder import Encoder, preset
+from jaxbert.models.transformer.model import Encoder, preset
 from jaxbert.models.layers import unpad
-from jaxbert.models.tasks import build_task_model
+from jaxbert.models.task_models import build_task_model
 
 TOL = 1e-5
 # long (full row, no padding), short, empty, medium

@@ -125,7 +125,7 @@ def tuples_file(num_negatives: int = HARD_NEGATIVES) -> str:
 
 def get_config(arg: str = "contrastive"):
     from jaxbert.data.sources import data_dir
-    from jaxbert.models.llm import LLM_RULES
+    from jaxbert.models.llm.model import LLM_RULES
 
     parts = [p for p in (arg or "contrastive").split(",") if p]
     objective, flags = parts[0], set(parts[1:])

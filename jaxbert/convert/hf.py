@@ -39,9 +39,9 @@ import flax.linen as nn
 from flax import traverse_util
 
 from jaxbert.convert.atomic_dir import write_weights_dir
-from jaxbert.models.bert import BertConfig, BertModel
-from jaxbert.models.encoder import Encoder, EncoderConfig
-from jaxbert.models.tasks import TASKS, build_task_model
+from jaxbert.models.bert.model import BertConfig, BertModel
+from jaxbert.models.transformer.model import Encoder, EncoderConfig
+from jaxbert.models.task_models import TASKS, build_task_model
 
 # ----------------------------------------------------------------------------- transforms
 

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from jaxbert.convert import hf as hf_convert
 from jaxbert.convert.atomic_dir import swap_into_place
-from jaxbert.pooling import check_mode
+from jaxbert.models.pooling import check_mode
 
 # jaxbert mode -> sentence-transformers legacy flag, in sentence-transformers' concatenation order.
 _LEGACY = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",

@@ -16,7 +16,7 @@ Row layouts (``B`` rows on this host, ``L`` a length bucket of the batch's longe
                  (query followed by candidate c; gen_target 1 on the candidate's tokens)
 
 ``embed_mask`` is 0 on tokens that are fed to the model but not pooled (the tokenizer's special
-prefix such as BOS, and an instruction), exactly as :class:`jaxbert.llm_encoder.LlmSentenceEncoder`
+prefix such as BOS, and an instruction), exactly as :class:`jaxbert.inference.llm_encoder.LlmSentenceEncoder`
 pools at inference.
 
 Also here: :func:`build_word_tokenizer` (a word-level tokenizer built from the run's texts, so

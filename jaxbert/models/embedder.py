@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxbert.objectives.contrastive import pair_features
-from jaxbert.pooling import pool
+from jaxbert.models.pooling import pool
 
 
 class SentenceEmbedder(nn.Module):

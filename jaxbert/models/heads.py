@@ -1,6 +1,6 @@
 """Task heads that sit on top of any encoder's ``[b, l, embed]`` output.
 
-Each head is a small Linen module; the task wrappers in :mod:`jaxbert.models.tasks` combine a
+Each head is a small Linen module; the task wrappers in :mod:`jaxbert.models.task_models` combine a
 backbone with one of them. Parameter names (kernel ``[in, out]``) are what the checkpoint
 converters map to and from Hugging Face names.
 """

@@ -12,7 +12,7 @@
 
 Fine-tuning reads ``encoder/...`` only, so every pretraining-only part is dropped by not
 loading it: the fine-tuning path does not change. Without a decoder, n-gram head or ROP head
-the tree is the same as :class:`jaxbert.models.tasks.EncoderForMaskedLM`'s.
+the tree is the same as :class:`jaxbert.models.task_models.EncoderForMaskedLM`'s.
 
 Decoder variants (``DecoderConfig.kind``):
 
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxbert.models.bert import BertConfig, BertLayer
+from jaxbert.models.bert.model import BertConfig, BertLayer
 from jaxbert.models.heads import MaskedLMHead
 from jaxbert.models.layers.activations import ACTIVATIONS, get_activation
 from jaxbert.models.layers.attention import combine_masks, padding_mask, segment_mask

@@ -12,7 +12,7 @@ Enables Precise Vector Embeddings"): chosen BERT layers get ``N`` expert FFNs, o
   MoE model starts as the dense model; :func:`expert_as_dense` turns expert ``e`` back into a
   plain BERT (an ordinary HF / sentence-transformers export per domain).
 
-Parameter tree: BERT's (:mod:`jaxbert.models.bert`), except that in MoE layers ``mlp`` is
+Parameter tree: BERT's (:mod:`jaxbert.models.bert.model`), except that in MoE layers ``mlp`` is
 replaced by ``mlp_expert_{e}`` (same sub-tree) for ``e < num_experts``, plus
 ``router/{kernel [embed, E], bias [E]}``. Expert FFNs are all computed and combined with the
 gate (``E`` x the FFN compute in MoE layers): simple, exact, and fine for a handful of domains.
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import optax
 
-from jaxbert.models.bert import BertConfig, BertEmbeddings, EncoderOutput, Pooler
+from jaxbert.models.bert.model import BertConfig, BertEmbeddings, EncoderOutput, Pooler
 from jaxbert.models.layers.attention import MultiHeadAttention, padding_mask
 from jaxbert.models.layers.mlp import Mlp
 from jaxbert.models.layers.norms import layer_norm

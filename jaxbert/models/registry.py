@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from jaxbert.models.bert import BertConfig, BertModel
-from jaxbert.models import encoder as _encoder
-from jaxbert.models.encoder import Encoder, EncoderConfig
+from jaxbert.models.bert.model import BertConfig, BertModel
+from jaxbert.models.transformer import model as _encoder
+from jaxbert.models.transformer.model import Encoder, EncoderConfig
 
 # name -> (config factory, backbone class)
 _PRESETS: dict[str, tuple[Callable[[], Any], Any]] = {}
@@ -60,12 +60,12 @@ BACKBONES_BY_MODEL_TYPE: dict[str, tuple[type, Any]] = {"bert": (BertConfig, Ber
                                                           "modernbert": (EncoderConfig, Encoder)}
 
 # Monarch Mixer BERT (jaxbert/models/m2.py): attention-free encoders, M2-BERT-base 80M / 110M, the LoCo 32k shape.
-from jaxbert.models import m2 as _m2  # noqa: E402
+from jaxbert.models.m2 import model as _m2  # noqa: E402
 
 for _name in _m2.PRESETS:
     register(_name, lambda _n=_name: _m2.preset(_n), _m2.M2Model)
 
 # Llama-family decoders (jaxbert/models/llm.py; presets in llm.PRESETS, not in _PRESETS: they have no
 # BERT task heads, so the golden-shape table of encoder tasks does not apply to them).
-from jaxbert.models.llm import LlmConfig as _LlmConfig, LlmModel as _LlmModel  # noqa: E402
+from jaxbert.models.llm.model import LlmConfig as _LlmConfig, LlmModel as _LlmModel  # noqa: E402
 BACKBONES_BY_MODEL_TYPE.update({"llama": (_LlmConfig, _LlmModel), "qwen2": (_LlmConfig, _LlmModel)})

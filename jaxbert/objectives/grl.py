@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxbert.models.llm_pooling import llm_pool
+from jaxbert.models.llm.pooling import llm_pool
 from jaxbert.objectives.llm_embedding import contrastive_loss, normalize
 
 

@@ -80,8 +80,8 @@ def load_data(data_dir: str | Path, corpus_limit: int | None = None, query_limit
 @functools.lru_cache(maxsize=8)
 def _embed_fn(cfg: Any):
     """Jitted ``(params, ids, mask, types) -> normalised mean-pooled [b, hidden]`` for a BERT config."""
-    from jaxbert.models.bert import BertModel
-    from jaxbert.pooling import l2_normalize, pool
+    from jaxbert.models.bert.model import BertModel
+    from jaxbert.models.pooling import l2_normalize, pool
 
     model = BertModel(cfg)
 

@@ -221,7 +221,7 @@ class ContrastiveTask:
             self.model_dir = resolve_model_path(config.model.init_from)
             hf_dir = self.model_dir
             if (self.model_dir / "modules.json").is_file():
-                from jaxbert.pooling import read_st_pooling, st_transformer_dir
+                from jaxbert.models.pooling import read_st_pooling, st_transformer_dir
                 hf_dir = st_transformer_dir(self.model_dir)
                 if pooling is None:
                     pooling = read_st_pooling(self.model_dir)[0]

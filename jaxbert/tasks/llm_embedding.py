@@ -1,5 +1,5 @@
 """LLM-to-bidirectional embedders (issue #6) as a task for the training loop: MNTP, contrastive
-and GRL training of a Llama / Qwen2 decoder (:mod:`jaxbert.models.llm`), retrieval evaluation,
+and GRL training of a Llama / Qwen2 decoder (:mod:`jaxbert.models.llm.model`), retrieval evaluation,
 and an export that ``jaxbert.SentenceEncoder.from_pretrained`` loads.
 
 Objectives (``llm.objective``), all reusing :mod:`jaxbert.objectives`:
@@ -23,7 +23,7 @@ Config keys read (``experiments/configs/llm_embedding.py`` sets them all)::
 
     model.init_from   a .gguf file, an HF Llama/Qwen2 directory (e.g. an earlier run's export) or
                       "asset:smollm2"; None: random init of model.preset
-    model.preset      a jaxbert.models.llm preset (llama-tiny, qwen2-tiny, smollm2-135m)
+    model.preset      a jaxbert.models.llm.model preset (llama-tiny, qwen2-tiny, smollm2-135m)
     model.overrides   dtype, param_dtype, attention_implementation, remat (other keys must be None)
     data.train        JSONL: texts in data.text_field (mntp) or records with data.anchor_field,
                       data.positive_field and optionally data.negative_field (a str or a list)
@@ -60,7 +60,7 @@ import numpy as np
 from jaxbert.data.llm_pipeline import IndexedBatchIterator, bucket_for, build_word_tokenizer, pad_rows
 from jaxbert.data.sources import JsonlSource
 from jaxbert.eval import retrieval as retrieval_eval
-from jaxbert.models.llm_pooling import canonical_pooling, llm_pool
+from jaxbert.models.llm.pooling import canonical_pooling, llm_pool
 from jaxbert.objectives import grl as grl_lib
 from jaxbert.objectives import mntp as mntp_lib
 from jaxbert.objectives.llm_embedding import contrastive_loss, mix_hard_negatives, normalize
@@ -114,7 +114,7 @@ class LlmEmbeddingTask:
     name = "llm_embedding"
 
     def __init__(self, config: Any):
-        from jaxbert.models.llm import ATTENTION_MODES
+        from jaxbert.models.llm.model import ATTENTION_MODES
 
         self.config = config
         lc = config.llm
@@ -183,7 +183,7 @@ class LlmEmbeddingTask:
 
         # ---------------------------------------------------------------- model, tokenizer, PEFT
         self._build_model(config)
-        from jaxbert.llm_encoder import LlmSentenceEncoder
+        from jaxbert.inference.llm_encoder import LlmSentenceEncoder
         add_eos = _get(lc, "add_eos")
         self.train_encoder = LlmSentenceEncoder(self.base_model, None, self.model_config, self.tokenizer,
                                                 pooling=self.pooling, max_length=self.max_length, add_eos=add_eos)
@@ -226,8 +226,8 @@ class LlmEmbeddingTask:
     # -------------------------------------------------------------------- model
     def _build_model(self, config: Any) -> None:
         from jaxbert import peft as peft_lib
-        from jaxbert.convert.llm_hf import load_llm, load_llm_tokenizer
-        from jaxbert.models import llm as llm_lib
+        from jaxbert.models.llm.hf import load_llm, load_llm_tokenizer
+        from jaxbert.models.llm import model as llm_lib
         from jaxbert.tasks.classification import resolve_model_path
 
         raw = {k: v for k, v in dict(config.model.overrides or {}).items() if v is not None}
@@ -462,8 +462,8 @@ class LlmEmbeddingTask:
                 "doc_instruction": self.doc_instruction or "", "normalize": True, "objective": self.objective}
 
     def encoder(self, params) -> Any:
-        """An in-memory :class:`~jaxbert.llm_encoder.LlmSentenceEncoder` over ``params`` (normalised outputs)."""
-        from jaxbert.llm_encoder import LlmSentenceEncoder
+        """An in-memory :class:`~jaxbert.inference.llm_encoder.LlmSentenceEncoder` over ``params`` (normalised outputs)."""
+        from jaxbert.inference.llm_encoder import LlmSentenceEncoder
         return LlmSentenceEncoder(self.base_model, jax.tree.map(jnp.asarray, self.merged_params(params)),
                                   self.model_config, self.tokenizer, pooling=self.pooling, normalize=True,
                                   max_length=self.eval_max_length, add_eos=self.add_eos)
@@ -474,7 +474,7 @@ class LlmEmbeddingTask:
 
     def export(self, params, path: str | os.PathLike) -> Path:
         """HF Llama/Qwen2 directory + tokenizer + embedding settings (see the module docstring)."""
-        from jaxbert.convert.llm_hf import save_llm_pretrained
+        from jaxbert.models.llm.hf import save_llm_pretrained
         out = save_llm_pretrained(path, self.merged_params(params), self.model_config,
                                   extra_config={EMBEDDING_KEY: self.embedding_settings()})
         self.tokenizer.save_pretrained(str(out))

@@ -31,7 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("embed_out", None),
     ("heads", "tensor"),
-    ("kv_heads", "tensor"),  # grouped-query k/v heads of decoder LLMs (jaxbert.models.llm)
+    ("kv_heads", "tensor"),  # grouped-query k/v heads of decoder LLMs (jaxbert.models.llm.model)
     ("kv", None),
     ("mlp", "tensor"),
     ("vocab", "tensor"),

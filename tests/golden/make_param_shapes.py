@@ -20,7 +20,7 @@ import flax.linen as nn
 from flax import traverse_util
 
 from jaxbert.models import registry
-from jaxbert.models.tasks import build_task_model
+from jaxbert.models.task_models import build_task_model
 
 GOLDEN_PATH = Path(__file__).with_name("param_shapes.json")
 # task -> num_labels passed to build_task_model

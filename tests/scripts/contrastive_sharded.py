@@ -52,7 +52,7 @@ def main():
 
     # tiny model for GradCache on a sharded batch
     from jaxbert.models import registry
-    from jaxbert.pooling import pool
+    from jaxbert.models.pooling import pool
     cfg, backbone = registry.get("bert-tiny", hidden_size=32, num_attention_heads=2, intermediate_size=64,
                                  vocab_size=50, max_position_embeddings=16)
     model = backbone(cfg)

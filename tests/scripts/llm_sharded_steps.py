@@ -24,9 +24,9 @@ import optax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from jaxbert.models import llm  # noqa: E402
-from jaxbert.models.llm import LLM_RULES, LlmModel  # noqa: E402
-from jaxbert.models.llm_pooling import llm_pool  # noqa: E402
+from jaxbert.models.llm import model as llm  # noqa: E402
+from jaxbert.models.llm.model import LLM_RULES, LlmModel  # noqa: E402
+from jaxbert.models.llm.pooling import llm_pool  # noqa: E402
 from jaxbert.objectives.llm_embedding import contrastive_loss  # noqa: E402
 from jaxbert.peft.base import flatten, unflatten  # noqa: E402
 from jaxbert.peft.lora import LoRA  # noqa: E402

@@ -15,7 +15,7 @@ Differences from the BERT-family encoder:
   records its pooling, attention mode, EOS appending, max length and normalisation in
   ``config.json`` (``jaxbert_embedding``); :meth:`LlmSentenceEncoder.load` uses them for every
   argument left None.
-* ``pooling``: one of :data:`jaxbert.models.llm_pooling.LLM_POOLINGS` (``mean``,
+* ``pooling``: one of :data:`jaxbert.models.llm.pooling.LLM_POOLINGS` (``mean``,
   ``weighted_mean``, ``last_token``/``eos``, ``first_token``); default ``mean``.
 * ``add_eos`` (default: True for last-token pooling): append the EOS token to every text, so
   the last token is the same special token for all inputs (LLM2Vec's ``eos_token`` pooling).
@@ -37,9 +37,9 @@ import jax
 import numpy as np
 
 from jaxbert.compiler_options import compiler_options
-from jaxbert.encoder import SentenceEncoder
-from jaxbert.models.llm_pooling import canonical_pooling, llm_pool
-from jaxbert.pooling import l2_normalize
+from jaxbert.inference.sentence_encoder import SentenceEncoder
+from jaxbert.models.llm.pooling import canonical_pooling, llm_pool
+from jaxbert.models.pooling import l2_normalize
 
 _LLM_OPTIONS = {
     "dtype": ("float32", "bfloat16"),
@@ -52,7 +52,7 @@ def is_llm_checkpoint(path: str | os.PathLike) -> bool:
     """True for a ``.gguf`` file or an HF directory whose config has model_type ``llama`` / ``qwen2``."""
     import json
 
-    from jaxbert.models.llm import LLM_MODEL_TYPES
+    from jaxbert.models.llm.model import LLM_MODEL_TYPES
 
     path = Path(path).expanduser()
     if path.is_file():
@@ -126,7 +126,7 @@ class LlmSentenceEncoder(SentenceEncoder):
         ``add_eos``, ``max_length``, ``normalize``) when it has one, else the defaults: mean
         pooling, bidirectional attention, no normalisation.
         """
-        from jaxbert.convert.llm_hf import load_llm, load_llm_tokenizer
+        from jaxbert.models.llm.hf import load_llm, load_llm_tokenizer
 
         saved = _saved_embedding_settings(Path(path).expanduser())
         pooling = saved.get("pooling") if pooling is None else pooling

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax.core import meta
 
-from jaxbert.models.bert import DTYPES, EncoderOutput, Pooler, segment_positions
+from jaxbert.models.bert.model import DTYPES, EncoderOutput, Pooler, segment_positions
 from jaxbert.models.layers import extensions
 from jaxbert.models.layers import positions as pos_lib
 from jaxbert.models.layers import unpad as unpad_lib

@@ -3,7 +3,7 @@
 :func:`read_gguf` reads a ``.gguf`` file with the ``gguf`` package, dequantizes every tensor to
 float32 (``gguf.quants.dequantize``), undoes llama.cpp's Q/K row permutation (Llama only) and
 renames tensors to transformers' ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` keys; the config
-comes from the GGUF metadata. :func:`jaxbert.convert.llm_hf.load_llm` then maps that state dict
+comes from the GGUF metadata. :func:`jaxbert.models.llm.hf.load_llm` then maps that state dict
 to :class:`~jaxbert.models.llm.LlmModel` params through the same key table as safetensors files,
 so::
 

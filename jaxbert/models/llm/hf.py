@@ -2,7 +2,7 @@
 
 One regex key table (:data:`LLM_BACKBONE_RULES`, the :mod:`jaxbert.convert.hf` machinery) maps
 transformers' ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` keys to :class:`jaxbert.models.llm.LlmModel`
-paths in both directions; GGUF files (:mod:`jaxbert.convert.gguf`) are first turned into the same
+paths in both directions; GGUF files (:mod:`jaxbert.models.llm.gguf`) are first turned into the same
 transformers-named state dict, so both formats go through one table and one strictness check.
 
 ::
@@ -27,7 +27,7 @@ from jaxbert.convert.atomic_dir import write_weights_dir
 from jaxbert.convert.hf import (LINEAR, Architecture, CheckpointMismatchError, Pretrained, Rule,
                                 Transform, hf_to_params, init_params, params_to_hf, read_hf_config,
                                 read_safetensors)
-from jaxbert.models.llm import LLM_MODEL_TYPES, LlmConfig, LlmModel
+from jaxbert.models.llm.model import LLM_MODEL_TYPES, LlmConfig, LlmModel
 
 # q: [H*D, E] -> [E, H, D]; k/v: [K*D, E] -> [E, K, D]; o: [E, H*D] -> [H, D, E]
 Q_KERNEL = Transform(lambda a, c: a.T.reshape(a.shape[1], c.num_attention_heads, c.head_dim),
@@ -112,7 +112,7 @@ def load_llm(path: str | os.PathLike, strict: bool = True, **config_overrides: A
     """
     path = Path(path).expanduser()
     if path.suffix == ".gguf" or (path.is_file() and _magic(path) == b"GGUF"):
-        from jaxbert.convert.gguf import read_gguf
+        from jaxbert.models.llm.gguf import read_gguf
 
         ckpt = read_gguf(path)
         hf_config, state = ckpt.hf_config, ckpt.state_dict

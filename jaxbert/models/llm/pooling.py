@@ -1,6 +1,6 @@
 """Poolings for LLM embedders (LLM2Vec / ULLME / KaLM style), with instructions excluded via an embed mask.
 
-Names (aliases in brackets) -> :mod:`jaxbert.pooling` modes:
+Names (aliases in brackets) -> :mod:`jaxbert.models.pooling` modes:
 
 ==============================================  =======================================================
 ``mean``                                        mean over pooled tokens
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbert.pooling import pool
+from jaxbert.models.pooling import pool
 
 LLM_POOLINGS: dict[str, str] = {
     "mean": "mean",
@@ -38,7 +38,7 @@ LLM_POOLINGS: dict[str, str] = {
 
 
 def canonical_pooling(name: str) -> str:
-    """The :mod:`jaxbert.pooling` mode for an LLM pooling name; ValueError listing the valid names."""
+    """The :mod:`jaxbert.models.pooling` mode for an LLM pooling name; ValueError listing the valid names."""
     if not isinstance(name, str) or name not in LLM_POOLINGS:
         raise ValueError(f"unknown LLM pooling {name!r}; valid: {sorted(LLM_POOLINGS)}")
     return LLM_POOLINGS[name]
@@ -49,7 +49,7 @@ def llm_pool(hidden: jax.Array, attention_mask: jax.Array, mode: str = "mean",
     """Pool ``hidden [b, l, e]`` over tokens where ``attention_mask`` (and ``embed_mask``, if given) is 1.
 
     Returns float32 ``[b, e]``. A row whose pooled set is empty gives zeros (mean) or the state at
-    the first/last real token, as :func:`jaxbert.pooling.pool` does for an all-pad row.
+    the first/last real token, as :func:`jaxbert.models.pooling.pool` does for an all-pad row.
     """
     m = jnp.asarray(attention_mask) > 0
     if embed_mask is not None:

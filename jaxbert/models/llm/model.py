@@ -58,7 +58,7 @@ import flax.linen as nn
 from flax import struct
 from flax.core import meta
 
-from jaxbert.models.bert import DTYPES, segment_positions
+from jaxbert.models.bert.model import DTYPES, segment_positions
 from jaxbert.models.layers import positions as pos_lib
 from jaxbert.models.layers.activations import ACTIVATIONS, get_activation
 from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, causal_mask, combine_masks,

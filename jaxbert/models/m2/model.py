@@ -79,7 +79,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax.core import meta
 
-from jaxbert.models.bert import DTYPES, BertEmbeddings, EncoderOutput, Pooler
+from jaxbert.models.bert.model import DTYPES, BertEmbeddings, EncoderOutput, Pooler
 from jaxbert.models.layers import extensions
 from jaxbert.models.layers.activations import ACTIVATIONS, get_activation
 from jaxbert.models.layers.hyena import HyenaFilter, ShortConv

@@ -271,7 +271,7 @@ def export_extras(state: dict[str, np.ndarray], cfg: Any) -> dict[str, np.ndarra
 
 def _register() -> None:
     from jaxbert.convert import hf
-    from jaxbert.models.m2 import M2Config, M2Model
+    from jaxbert.models.m2.model import M2Config, M2Model
 
     hf.ARCHITECTURES["m2_bert"] = hf.Architecture(
         M2Config, M2Model, M2_BACKBONE_RULES, "bert.", head_rules=M2_HEAD_RULES, benign_keys=M2_BENIGN_KEYS,

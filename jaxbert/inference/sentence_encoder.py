@@ -46,7 +46,7 @@ import jax
 import numpy as np
 
 from jaxbert.compiler_options import compiler_options
-from jaxbert.pooling import check_mode, l2_normalize, pool, read_st_pooling, st_transformer_dir
+from jaxbert.models.pooling import check_mode, l2_normalize, pool, read_st_pooling, st_transformer_dir
 
 # Options accepted by ``from_pretrained(**options)`` -> allowed values.
 _OPTIONS = {
@@ -136,7 +136,7 @@ class SentenceEncoder:
         ``max_length`` above ``max_position_embeddings`` is an error).
 
         Llama / Qwen2 decoders (a ``.gguf`` file or an HF dir with that ``model_type``) load as
-        :class:`jaxbert.llm_encoder.LlmSentenceEncoder`, with the extra options ``bidirectional``
+        :class:`jaxbert.inference.llm_encoder.LlmSentenceEncoder`, with the extra options ``bidirectional``
         (default True), ``add_eos``, ``tokenizer``, ``normalize`` and LLM pooling names
         (``mean``, ``weighted_mean``, ``last_token``, ``first_token``).
 
@@ -148,7 +148,7 @@ class SentenceEncoder:
         from transformers import AutoTokenizer
 
         from jaxbert.convert.hf import load_pretrained, read_hf_config
-        from jaxbert.llm_encoder import LlmSentenceEncoder, is_llm_checkpoint
+        from jaxbert.inference.llm_encoder import LlmSentenceEncoder, is_llm_checkpoint
 
         if is_llm_checkpoint(path):  # .gguf file or Llama/Qwen2 HF dir: options bidirectional, add_eos, ...
             return LlmSentenceEncoder.load(path, pooling=pooling, max_length=max_length, **options)

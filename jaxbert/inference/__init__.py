@@ -1,0 +1,1 @@
+"""Inference: sentence encoders over any registered architecture."""

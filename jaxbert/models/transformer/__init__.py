@@ -1,0 +1,1 @@
+"""The configurable encoder block shared by the BERT family (BERT, MosaicBERT, ModernBERT, ...)."""
