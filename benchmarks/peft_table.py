@@ -254,7 +254,7 @@ def main(argv=None) -> int:
         common.say(f"wrote {args.markdown}")
         return 0
 
-    from experiments.configs.finetune_classification import data_root
+    from jaxbert.data.sources import data_dir
     from experiments.configs.peft import VARIANTS
 
     variants = list(VARIANTS) if args.methods == "all" else [m for m in args.methods.split(",") if m]
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
         variants.insert(0, "full")  # the baseline is always measured in the same process
     args.forgetting_methods = [m for m in args.forgetting_methods.split(",") if m]
     datasets = [d for d in args.datasets.split(",") if d]
-    root = data_root()
+    root = data_dir()
     started = common.now_iso()
     machine = common.machine()
 

@@ -112,8 +112,8 @@ def pretrain_config(args, masking: str, tokenizer: str):
 def trec_dev_split(work: Path, seed: int = 0) -> tuple[str, str]:
     """90/10 split of trec train (seeded shuffle) for LR selection; test stays untouched."""
     import random
-    from experiments.configs.finetune_classification import data_root
-    lines = [l for l in (data_root() / "trec" / "train.jsonl").read_text().splitlines() if l.strip()]
+    from jaxbert.data.sources import data_dir
+    lines = [l for l in (data_dir() / "trec" / "train.jsonl").read_text().splitlines() if l.strip()]
     random.Random(seed).shuffle(lines)
     n_dev = len(lines) // 10
     out = work / "trec_split"

@@ -182,7 +182,8 @@ def main(argv=None):
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", args.compile_cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
     machine = common.machine()
-    from experiments.configs.finetune_classification import DATASETS, data_root
+    from experiments.configs.finetune_classification import DATASETS
+    from jaxbert.data.sources import data_dir
     from jaxbert.train.loop import Trainer
 
     datasets = [d for d in args.datasets.split(",") if d]
@@ -198,8 +199,8 @@ def main(argv=None):
                 raise SystemExit(f"unknown dataset {ds!r}; known: {sorted(DATASETS)}")
             train_rel, _, test_rel, label_field = DATASETS[ds][:4]
             train, test = tmp / f"{ds}_train.jsonl", tmp / f"{ds}_test.jsonl"
-            n_train = _subset(data_root() / train_rel, train, args.train_size)
-            n_test = _subset(data_root() / test_rel, test, args.eval_limit)
+            n_train = _subset(data_dir() / train_rel, train, args.train_size)
+            n_test = _subset(data_dir() / test_rel, test, args.eval_limit)
             majority[ds] = majority_accuracy(train, test, label_field)
             common.say(f"{ds}: {n_train} train / {n_test} test examples, majority baseline {majority[ds]:.4f}")
             for method in methods:

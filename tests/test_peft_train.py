@@ -201,7 +201,7 @@ def test_every_peft_config_variant_builds():
         assert c.peft.method == method
         assert c.optim.learning_rate == (1e-4 if method == "none" else peft.METHODS[method].default_learning_rate)
     assert get_config("dsee_prune,rotten_tomatoes").peft.dsee.prune_sparsity == 0.5
-    with pytest.raises(ValueError, match="unknown PEFT config 'loraa'"):
+    with pytest.raises(ValueError, match="unknown variant 'loraa'"):
         get_config("loraa,trec")
     with pytest.raises(peft.PeftError, match="unknown peft.method 'adapterz'"):
         pc = peft.default_config()

@@ -14,10 +14,9 @@ labels), sms_spam, bbc_news. Append ``,runlocal`` for a seconds-long smoke run
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
+from jaxbert.data.sources import data_dir
 
 # name -> (train, validation, test, label_field, labels, text max_length, epochs)
 DATASETS = {
@@ -29,23 +28,18 @@ DATASETS = {
     "bbc_news": ("bbc_news/train.jsonl", None, "bbc_news/test.jsonl", "label",
                  ("business", "entertainment", "politics", "sports", "tech"), 256, 2.0),
 }
+#: ``DATASET[,runlocal][,tiny]``
+ARGS = {"dataset": "rotten_tomatoes", "runlocal": False, "tiny": False}
 
 
-def data_root() -> Path:
-    default = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    return Path(os.environ.get("JAXBERT_DATA", default)).resolve()
+def get_config(arg: str | None = None):
+    return build(parse_arg(arg, ARGS, positional=("dataset",), choices={"dataset": DATASETS}))
 
 
-def get_config(arg: str = "rotten_tomatoes"):
-    parts = [p for p in (arg or "rotten_tomatoes").split(",") if p]
-    name, flags = parts[0], set(parts[1:])
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    unknown = flags - {"runlocal", "tiny"}
-    if unknown:
-        raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal', 'tiny']")
-    train, val, test, label_field, labels, max_len, epochs = DATASETS[name]
-    root = data_root()
+def build(a):
+    """The config of parsed arguments ``a`` (keys of :data:`ARGS`; ``peft.py`` builds on it)."""
+    train, val, test, label_field, labels, max_len, epochs = DATASETS[a.dataset]
+    root = data_dir()
     c = base_config()
     c.task = "classification"
     c.model.init_from = "asset:minilm"
@@ -67,12 +61,12 @@ def get_config(arg: str = "rotten_tomatoes"):
     c.optim.warmup_ratio = 0.06
     c.optim.weight_decay = 0.01
     c.log_every = 20
-    if "tiny" in flags:  # a randomly initialised 2-layer BERT with MiniLM's tokenizer (tests, smoke runs)
+    if a.tiny:  # a randomly initialised 2-layer BERT with MiniLM's tokenizer (tests, smoke runs)
         c.model.init_from = None
         c.model.preset = "bert-tiny"
         c.data.tokenizer = "asset:minilm"
         c.optim.learning_rate = 1e-3
-    if "runlocal" in flags:
+    if a.runlocal:
         c.num_train_steps = 8
         c.batch_size = 8
         c.eval_batch_size = 64

@@ -16,23 +16,21 @@ Append ``,runlocal`` for a smoke run, ``,tiny`` for a random 2-layer BERT.
 
 from __future__ import annotations
 
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
 
 DATASETS = {"wordnet_pos": ("text", None, "labels", ("adjective", "adverb", "noun", "verb"), 16, 3.0)}
 
+#: ``DATASET[,runlocal][,tiny]``
+ARGS = {"dataset": "wordnet_pos", "runlocal": False, "tiny": False}
 
-def get_config(arg: str = "wordnet_pos"):
+
+def get_config(arg: str | None = None):
     from jaxbert.data.derived import derived_dataset
 
-    parts = [p for p in (arg or "wordnet_pos").split(",") if p]
-    name, flags = parts[0], set(parts[1:])
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    unknown = flags - {"runlocal", "tiny"}
-    if unknown:
-        raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal', 'tiny']")
-    text_field, pair_field, label_field, labels, max_len, epochs = DATASETS[name]
-    folder = derived_dataset(name)
+    a = parse_arg(arg, ARGS, positional=("dataset",), choices={"dataset": DATASETS})
+    text_field, pair_field, label_field, labels, max_len, epochs = DATASETS[a.dataset]
+    folder = derived_dataset(a.dataset)
     c = base_config()
     c.task = "multilabel"
     c.model.init_from = "asset:minilm"
@@ -48,12 +46,12 @@ def get_config(arg: str = "wordnet_pos"):
     c.optim.learning_rate = 1e-4
     c.optim.warmup_ratio = 0.06
     c.log_every = 50
-    if "tiny" in flags:
+    if a.tiny:
         c.model.init_from = None
         c.model.preset = "bert-tiny"
         c.data.tokenizer = "asset:minilm"
         c.optim.learning_rate = 1e-3
-    if "runlocal" in flags:
+    if a.runlocal:
         c.num_train_steps = 8
         c.batch_size = 8
         c.log_every = 2

@@ -23,25 +23,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 NAMED = {"fixture": FIXTURES / "squad_v1.json", "fixture_v2": FIXTURES / "squad_v2.json"}
-FLAGS = {"runlocal", "tiny"}
+#: ``TRAIN_JSON[,DEV_JSON][,runlocal][,tiny]`` (``train`` may be a name of :data:`NAMED`)
+ARGS = {"train": "fixture", "dev": None, "runlocal": False, "tiny": False}
 
 
-def get_config(arg: str = "fixture"):
-    parts = [p for p in (arg or "fixture").split(",") if p]
-    flags = {p for p in parts if p in FLAGS}
-    paths = [p for p in parts if p not in FLAGS]
-    if not paths or len(paths) > 2:
-        raise ValueError(f"expected TRAIN_JSON[,DEV_JSON][,runlocal][,tiny] or fixture/fixture_v2, got {arg!r}")
-    if paths[0] in NAMED:
-        train = dev = str(NAMED[paths[0]])
-        if len(paths) > 1:
-            raise ValueError(f"{paths[0]!r} uses its own file for train and validation; got extra {paths[1:]}")
+def get_config(arg: str | None = None):
+    a = parse_arg(arg, ARGS, positional=("train", "dev"))
+    if a.train in NAMED:
+        train = dev = str(NAMED[a.train])
+        if a.dev is not None:
+            raise ValueError(f"{a.train!r} uses its own file for train and validation; got extra {a.dev!r}")
     else:
-        train, dev = paths[0], (paths[1] if len(paths) > 1 else None)
+        train, dev = a.train, a.dev
     c = base_config()
     c.task = "question_answering"
     c.model.init_from = "asset:minilm"
@@ -61,12 +59,12 @@ def get_config(arg: str = "fixture"):
     c.optim.warmup_ratio = 0.1
     c.optim.weight_decay = 0.01
     c.log_every = 50
-    if "tiny" in flags:
+    if a.tiny:
         c.model.init_from = None
         c.model.preset = "bert-tiny"
         c.data.tokenizer = "asset:minilm"
         c.optim.learning_rate = 1e-3
-    if "runlocal" in flags:
+    if a.runlocal:
         c.num_train_steps = 6
         c.batch_size = 4
         c.eval_batch_size = 8

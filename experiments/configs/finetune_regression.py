@@ -15,23 +15,21 @@ Append ``,runlocal`` for a smoke run, ``,tiny`` for a random 2-layer BERT.
 
 from __future__ import annotations
 
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
 
 DATASETS = {"simlex999": ("word1", "word2", "score", 16, 10.0)}
 
+#: ``DATASET[,runlocal][,tiny]``
+ARGS = {"dataset": "simlex999", "runlocal": False, "tiny": False}
 
-def get_config(arg: str = "simlex999"):
+
+def get_config(arg: str | None = None):
     from jaxbert.data.derived import derived_dataset
 
-    parts = [p for p in (arg or "simlex999").split(",") if p]
-    name, flags = parts[0], set(parts[1:])
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    unknown = flags - {"runlocal", "tiny"}
-    if unknown:
-        raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal', 'tiny']")
-    text_field, pair_field, label_field, max_len, epochs = DATASETS[name]
-    folder = derived_dataset(name)
+    a = parse_arg(arg, ARGS, positional=("dataset",), choices={"dataset": DATASETS})
+    text_field, pair_field, label_field, max_len, epochs = DATASETS[a.dataset]
+    folder = derived_dataset(a.dataset)
     c = base_config()
     c.task = "regression"
     c.model.init_from = "asset:minilm"
@@ -46,12 +44,12 @@ def get_config(arg: str = "simlex999"):
     c.optim.learning_rate = 5e-5
     c.optim.warmup_ratio = 0.1
     c.log_every = 20
-    if "tiny" in flags:
+    if a.tiny:
         c.model.init_from = None
         c.model.preset = "bert-tiny"
         c.data.tokenizer = "asset:minilm"
         c.optim.learning_rate = 1e-3
-    if "runlocal" in flags:
+    if a.runlocal:
         c.num_train_steps = 8
         c.batch_size = 8
         c.eval_batch_size = 50

@@ -22,10 +22,9 @@ Useful overrides: ``--config.data.label_alignment=all`` (label every word piece)
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
+from jaxbert.data.sources import data_dir
 
 UNIVERSAL_TAGS = (".", "ADJ", "ADP", "ADV", "CONJ", "DET", "NOUN", "NUM", "PRON", "PRT", "VERB", "X")
 
@@ -34,23 +33,14 @@ DATASETS = {
     "brown_pos": ("brown/pos_train.jsonl.gz", "brown/pos_validation.jsonl", "brown/pos_test.jsonl",
                   UNIVERSAL_TAGS, 64, 1.0),
 }
+#: ``DATASET[,runlocal][,tiny]``
+ARGS = {"dataset": "brown_pos", "runlocal": False, "tiny": False}
 
 
-def data_root() -> Path:
-    default = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-    return Path(os.environ.get("JAXBERT_DATA", default)).resolve()
-
-
-def get_config(arg: str = "brown_pos"):
-    parts = [p for p in (arg or "brown_pos").split(",") if p]
-    name, flags = parts[0], set(parts[1:])
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
-    unknown = flags - {"runlocal", "tiny"}
-    if unknown:
-        raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal', 'tiny']")
-    train, val, test, labels, max_len, epochs = DATASETS[name]
-    root = data_root()
+def get_config(arg: str | None = None):
+    a = parse_arg(arg, ARGS, positional=("dataset",), choices={"dataset": DATASETS})
+    train, val, test, labels, max_len, epochs = DATASETS[a.dataset]
+    root = data_dir()
     c = base_config()
     c.task = "token_classification"
     c.model.init_from = "asset:minilm"
@@ -74,12 +64,12 @@ def get_config(arg: str = "brown_pos"):
     c.optim.warmup_ratio = 0.06
     c.optim.weight_decay = 0.01
     c.log_every = 50
-    if "tiny" in flags:
+    if a.tiny:
         c.model.init_from = None
         c.model.preset = "bert-tiny"
         c.data.tokenizer = "asset:minilm"
         c.optim.learning_rate = 1e-3
-    if "runlocal" in flags:
+    if a.runlocal:
         c.num_train_steps = 8
         c.batch_size = 8
         c.eval_batch_size = 64

@@ -50,11 +50,14 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
 from experiments.configs.sentence_embedding import _path_eval, _retrieval
 
 OBJECTIVES = ("mntp", "contrastive", "grl")
 FLAGS = ("full", "focal", "mix", "reference_kl", "runlocal", "tiny")
+#: ``OBJECTIVE[,flag...]``
+ARGS = {"objective": "contrastive", **{f: False for f in FLAGS}}
 #: LLM2Vec-style query instruction (documents get none).
 QUERY_INSTRUCTION = "Given an example sentence, retrieve the dictionary definition of the word it illustrates: "
 #: LoRA targets: every linear layer of every block (LLM2Vec / the llm_embedder benchmark).
@@ -123,27 +126,20 @@ def tuples_file(num_negatives: int = HARD_NEGATIVES) -> str:
     return str(out)
 
 
-def get_config(arg: str = "contrastive"):
+def get_config(arg: str | None = None):
     from jaxbert.data.sources import data_dir
-    from jaxbert.models.llm.model import LLM_RULES
 
-    parts = [p for p in (arg or "contrastive").split(",") if p]
-    objective, flags = parts[0], set(parts[1:])
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; known: {list(OBJECTIVES)}")
-    unknown = flags - set(FLAGS)
-    if unknown:
-        raise ValueError(f"unknown config flags {sorted(unknown)}; known: {list(FLAGS)}")
-    if "reference_kl" in flags and objective != "grl":
+    a = parse_arg(arg, ARGS, positional=("objective",), choices={"objective": OBJECTIVES})
+    objective = a.objective
+    if a.reference_kl and objective != "grl":
         raise ValueError("flag 'reference_kl' applies to the grl objective only")
-    small, tiny = "runlocal" in flags, "tiny" in flags
+    small, tiny = a.runlocal, a.tiny
     root = str(data_dir())
 
     c = base_config()
     c.task = "llm_embedding"
     c.model.init_from = "asset:smollm2"
     c.model.preset = "smollm2-135m"
-    c.logical_axis_rules = LLM_RULES  # adds kv_heads (grouped-query attention) to the default rules
     c.llm = llm_config()
     c.llm.objective = objective
     c.data.anchor_field = "anchor"
@@ -186,15 +182,15 @@ def get_config(arg: str = "contrastive"):
         c.num_epochs = 2.0 if objective == "contrastive" else 1.0
         c.optim.learning_rate = 2e-4
         c.eval_every = 50
-    if "full" in flags:
+    if a.full:
         c.peft.method = "none"
         c.optim.learning_rate = 2e-5
-    if "focal" in flags:
+    if a.focal:
         c.llm.focal_gamma = 2.0
-    if "mix" in flags:
+    if a.mix:
         c.llm.mix.num_synthetic = 4
         c.llm.mix.num_query_mixed = 2
-    if "reference_kl" in flags:
+    if a.reference_kl:
         c.llm.grl.kl_gradient = False
         c.llm.grl.gen_gradient = False
     if tiny:

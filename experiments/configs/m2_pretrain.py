@@ -36,19 +36,20 @@ preset name; flags are ``pretrain_mlm.py``'s (``runlocal``, ``mosaic``, masking 
 from __future__ import annotations
 
 from experiments.configs import pretrain_mlm
+from experiments.configs.args import parse_arg
 
 SIZES = {"tiny": "m2-bert-tiny", "80m": "m2-bert-80m", "110m": "m2-bert-110m"}
 FILTER_LR = 1e-3
 PEAK_LR = 8e-4
+#: ``SIZE[,MASKING][,flag...]``: pretrain_mlm.py's arguments, size ``tiny`` by default
+ARGS = {**pretrain_mlm.ARGS, "size": "tiny"}
 
 
-def get_config(arg: str = "tiny"):
-    parts = [p for p in (arg or "tiny").split(",") if p]
-    size, rest = parts[0], parts[1:]
-    masking = next((p for p in rest if p in pretrain_mlm.MASKINGS), "random")
-    flags = [p for p in rest if p not in pretrain_mlm.MASKINGS]
-    preset = SIZES.get(size, size)
-    c = pretrain_mlm.get_config(",".join([preset, masking, "nopack", *flags]))
+def get_config(arg: str | None = None):
+    a = parse_arg(arg, ARGS, positional=("size", "masking"), choices={"masking": pretrain_mlm.MASKINGS})
+    a.size = SIZES.get(a.size, a.size)
+    a.nopack = True  # a convolution over a packed row would mix documents
+    c = pretrain_mlm.build(a)
     c.mlm.packing = False
     c.mlm.rate = 0.30
     c.optim.learning_rate = PEAK_LR

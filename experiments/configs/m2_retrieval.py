@@ -54,30 +54,23 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
 from experiments.configs.sentence_embedding import contrastive_config
 
 SIZES = {"tiny": "m2-bert-tiny", "80m": "m2-bert-80m"}
-FLAGS = ("runlocal",)
+#: ``SIZE[,runlocal][,init=EXPORT_DIR]``
+ARGS = {"size": "tiny", "runlocal": False, "init": None}
 MAX_LENGTH = 8192
 
 
-def get_config(arg: str = "tiny"):
+def get_config(arg: str | None = None):
     from jaxbert.data.long_retrieval import bbc_long_retrieval
 
-    parts = [p for p in (arg or "tiny").split(",") if p]
-    init = [p.split("=", 1)[1] for p in parts if p.startswith("init=")]
-    parts = [p for p in parts if not p.startswith("init=")]
-    if len(init) > 1 or (init and not init[0]):
-        raise ValueError(f"give one init=<export dir>, got {init}")
-    size, flags = (parts or ["tiny"])[0], set(parts[1:])
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; known: {sorted(SIZES)}")
-    unknown = flags - set(FLAGS)
-    if unknown:
-        raise ValueError(f"unknown flags {sorted(unknown)}; known: {list(FLAGS)}")
+    a = parse_arg(arg, ARGS, positional=("size",), choices={"size": SIZES})
+    size, init = a.size, a.init
     folder = bbc_long_retrieval()
-    small = "runlocal" in flags
+    small = a.runlocal
 
     c = base_config()
     c.task = "contrastive"
@@ -93,7 +86,7 @@ def get_config(arg: str = "tiny"):
     c.contrastive.scale = 20.0
     c.data.tokenizer = "asset:minilm"
     if init:  # shape, filters' time scale and tokenizer from the pretraining export
-        c.model.init_from = init[0]
+        c.model.init_from = init
         c.data.tokenizer = None
     c.data.train = str(folder / "train_pairs.jsonl")
     c.data.anchor_field = "anchor"

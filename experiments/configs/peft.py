@@ -31,6 +31,7 @@ export in ``WORKDIR/export``. ``,runlocal`` / ``,tiny`` as in ``finetune_classif
 from __future__ import annotations
 
 from experiments.configs import finetune_classification
+from experiments.configs.args import parse_arg
 from jaxbert.peft import METHODS
 
 #: config name -> (peft.method, {option overrides by section})
@@ -55,20 +56,20 @@ def learning_rate(variant: str) -> float:
     return 1e-4 if method == "none" else METHODS[method].default_learning_rate
 
 
-def get_config(arg: str = "lora,rotten_tomatoes"):
-    parts = [p for p in (arg or "").split(",") if p]
-    if len(parts) < 2:
-        raise ValueError(f"peft config arg must be 'METHOD,DATASET[,flags]', got {arg!r}; "
-                         f"methods: {sorted(VARIANTS)}")
-    variant, rest = parts[0], parts[1:]
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown PEFT config {variant!r}; known: {sorted(VARIANTS)}")
-    c = finetune_classification.get_config(",".join(rest))
+#: ``VARIANT,DATASET[,runlocal][,tiny]`` (a key of :data:`VARIANTS`, then finetune_classification's arguments)
+ARGS = {"variant": "lora", **finetune_classification.ARGS}
+
+
+def get_config(arg: str | None = None):
+    a = parse_arg(arg, ARGS, positional=("variant", "dataset"),
+                  choices={"variant": VARIANTS, "dataset": finetune_classification.DATASETS})
+    variant = a.variant
+    c = finetune_classification.build(a)
     method, overrides = VARIANTS[variant]
     c.peft.method = method
     for section, opts in overrides.items():
         for k, v in opts.items():
             c.peft[section][k] = v
-    if "tiny" not in rest:
+    if not a.tiny:
         c.optim.learning_rate = learning_rate(variant)
     return c

@@ -29,12 +29,15 @@ a ``text`` field; ``--config.data.validation=held_out.jsonl`` for a held-out fil
 
 from __future__ import annotations
 
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
-from experiments.configs.finetune_classification import data_root
+from jaxbert.data.sources import data_dir
 
 SIZES = {"tiny": "bert-tiny", "mini": "bert-mini", "small": "bert-small", "base": "bert-base"}
 MASKINGS = ("random", "whole_word", "span", "ngram", "mixture")
 FLAGS = ("mosaic", "prenorm", "decoder", "gua", "nopack", "runlocal")
+#: ``SIZE,MASKING[,flag...]`` (``size``: a key of :data:`SIZES` or any registry preset name)
+ARGS = {"size": "mini", "masking": "random", **{f: False for f in FLAGS}}
 # (layers, hidden, heads) of each size, for the ``prenorm`` block.
 SHAPES = {"tiny": (2, 128, 2), "mini": (4, 256, 4), "small": (4, 512, 8), "base": (12, 768, 12)}
 
@@ -61,22 +64,18 @@ BROWN_TEST = ("ca07 ca20 ca27 ca42 cb18 cb22 cb23 cc04 cc16 cd08 cd12 ce13 ce17 
               "ck04 ck09 ck24 cl02 cl09 cm03 cn13 cn25 cn28 cp04 cp16 cp20 cr08").split()
 
 
-def get_config(arg: str = "mini,random"):
-    parts = [p for p in (arg or "mini,random").split(",") if p]
-    if len(parts) < 2:
-        raise ValueError(f"expected '<size>,<masking>[,flags]', got {arg!r}; sizes {sorted(SIZES)}, "
-                         f"maskings {list(MASKINGS)}, flags {list(FLAGS)}")
-    size, masking, flags = parts[0], parts[1], set(parts[2:])
-    if masking not in MASKINGS:
-        raise ValueError(f"unknown masking {masking!r}; known: {list(MASKINGS)}")
-    unknown = flags - set(FLAGS)
-    if unknown:
-        raise ValueError(f"unknown flags {sorted(unknown)}; known: {list(FLAGS)}")
+def get_config(arg: str | None = None):
+    return build(parse_arg(arg, ARGS, positional=("size", "masking"), choices={"masking": MASKINGS}))
+
+
+def build(a):
+    """The config of parsed arguments ``a`` (keys of :data:`ARGS`; ``m2_pretrain.py`` builds on it)."""
+    size, masking = a.size, a.masking
     c = base_config()
     c.task = "mlm"
     c.model.init_from = None
     c.model.preset = SIZES.get(size, size)
-    c.data.train = str(data_root() / "brown" / "text.jsonl.gz")
+    c.data.train = str(data_dir() / "brown" / "text.jsonl.gz")
     c.data.text_field = "text"
     c.data.max_length = 128
     c.mlm.id_field = "doc_id"
@@ -88,7 +87,7 @@ def get_config(arg: str = "mini,random"):
         c.mlm.mixture = (("whole_word", 0.4), ("span", 0.4), ("random", 0.2))
     c.mlm.tokenizer.model = "wordpiece"
     c.mlm.tokenizer.vocab_size = 8192
-    c.mlm.packing = "nopack" not in flags
+    c.mlm.packing = not a.nopack
     c.checkpoint.best_metric = "validation/accuracy"
 
     c.batch_size = 64
@@ -101,23 +100,23 @@ def get_config(arg: str = "mini,random"):
     c.optim.eps = 1e-6
     c.log_every = 50
     c.eval_every = 500
-    if "mosaic" in flags:
+    if a.mosaic:
         c.mlm.rate = 0.30
         c.model.overrides.dtype = "bfloat16"
         c.optim.learning_rate = 5e-4
         c.optim.schedule = "linear"
         c.optim.warmup_ratio = 0.06
-    if "prenorm" in flags:
+    if a.prenorm:
         c.model.preset = "modernbert-base"
         for k, v in prenorm_overrides(size).items():
             c.model.overrides[k] = v
         c.model.overrides.hidden_dropout_prob = 0.0
         c.model.overrides.attention_probs_dropout_prob = 0.0
         c.optim.learning_rate = 3e-3 if size in ("tiny", "mini") else 1e-3
-    if "decoder" in flags or "gua" in flags:
-        c.mlm.decoder.kind = "gua" if "gua" in flags else "blocks"
+    if a.decoder or a.gua:
+        c.mlm.decoder.kind = "gua" if a.gua else "blocks"
         c.mlm.decoder.num_layers = 2
-    if "runlocal" in flags:
+    if a.runlocal:
         c.mlm.max_documents = 40
         c.data.max_length = 64
         c.batch_size = 8

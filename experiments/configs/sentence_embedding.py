@@ -86,6 +86,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
 
 DATASETS = ("wordnet", "dialog", "chatterbot", "mirror", "mirror_words", "simlex", "simlex_cosine", "softmax",
@@ -94,6 +95,8 @@ SOFTMAX_LABELS = ("definition", "other_sense", "unrelated")
 MOE_DOMAINS = ("wordnet", "dialog", "chatterbot")
 DSE_TEACHER = "runs/wordnet_cross/export"  # the cross_encoder run of the module docstring
 FLAGS = ("gradcache", "matryoshka", "symmetric", "runlocal", "tiny")
+#: ``DATASET[,flag...]``
+ARGS = {"dataset": "wordnet", **{f: False for f in FLAGS}}
 
 
 def contrastive_config() -> ml_collections.ConfigDict:
@@ -253,16 +256,11 @@ def _sense_pairs(wn) -> list[dict]:
     return rows
 
 
-def get_config(arg: str = "wordnet"):
+def get_config(arg: str | None = None):
     from jaxbert.data.sources import data_dir
 
-    parts = [p for p in (arg or "wordnet").split(",") if p]
-    name, flags = parts[0], set(parts[1:])
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {list(DATASETS)}")
-    unknown = flags - set(FLAGS)
-    if unknown:
-        raise ValueError(f"unknown config flags {sorted(unknown)}; known: {list(FLAGS)}")
+    a = parse_arg(arg, ARGS, positional=("dataset",), choices={"dataset": DATASETS})
+    name = a.dataset
     root = str(data_dir())
     c = base_config()
     c.task = "contrastive"
@@ -279,7 +277,7 @@ def get_config(arg: str = "wordnet"):
     c.data.eval_max_length = 128
     c.data.max_length = 64
     c.data.buckets = (16, 32, 48)
-    small = "runlocal" in flags
+    small = a.runlocal
     c.evals = ml_collections.ConfigDict()
     c.evals.wordnet = _retrieval(root, 2000 if small else None, 100 if small else None)
     c.evals.lee = _path_eval("lee", f"{root}/lee")
@@ -393,15 +391,15 @@ def get_config(arg: str = "wordnet"):
         c.batch_size = 32
         c.eval_splits = ("test",)
         c.checkpoint.best_metric = "test/accuracy"
-    if "gradcache" in flags:
+    if a.gradcache:
         c.batch_size = 256
         c.contrastive.grad_cache_chunk = 64
-    if "matryoshka" in flags:
+    if a.matryoshka:
         c.contrastive.matryoshka_dims = (384, 128, 64)
-    if "symmetric" in flags:
+    if a.symmetric:
         c.contrastive.directions = ("query_to_doc", "doc_to_query")
         c.contrastive.partition_mode = "per_direction"
-    if "tiny" in flags:
+    if a.tiny:
         c.model.init_from = None
         c.model.preset = "bert-tiny"
         c.data.tokenizer = "asset:minilm"
@@ -410,7 +408,7 @@ def get_config(arg: str = "wordnet"):
             c.contrastive.matryoshka_dims = (128, 64, 32)
     if small:
         c.num_train_steps = 4
-        c.batch_size = 16 if "gradcache" not in flags else 32
+        c.batch_size = 16 if not a.gradcache else 32
         if c.contrastive.grad_cache_chunk:
             c.contrastive.grad_cache_chunk = 8
         c.eval_batch_size = 64
