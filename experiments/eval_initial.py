@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from experiments.config_flag import define_config_flag
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])", lock_config=True)
+# --config PATH[:ARG]: defined under __main__ from the config file, loaded once.
 flags.DEFINE_string("workdir", None, "where initial_eval.json is written")
 
 
@@ -54,4 +55,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    import sys
+    app.run(main, argv=define_config_flag(sys.argv))

@@ -134,3 +134,32 @@ def test_config_docstrings_hold_their_command():
         assert "python -m experiments.launch" in doc, f"{path}: docstring lacks the launch command"
         assert f"experiments/configs/{path.name}" in doc, f"{path}: docstring does not name its own file"
     assert "finetune_classification.py" in configs
+
+
+def _launch(args, tmp_path_factory, data_dir):
+    cmd = [sys.executable, "-m", "experiments.launch", *args]
+    return subprocess.run(cmd, cwd=REPO, env=launcher_env(tmp_path_factory, JAXBERT_DATA=str(data_dir)),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_config_file_runs_once_and_overrides_are_checked(tmp_path, tmp_path_factory, data_dir):
+    """The launcher executes the config file once; overrides are checked against it and applied."""
+    config = tmp_path / "counting_config.py"
+    config.write_text(
+        "import sys\n"
+        "print('EXECUTED', file=sys.stderr)\n"
+        "from experiments.configs.finetune_classification import get_config as _get\n"
+        "def get_config(arg=None):\n"
+        "    print('GET_CONFIG', arg, file=sys.stderr)\n"
+        "    return _get(arg)\n")
+    # No --workdir: main() stops right after absl parsed the flags (and applied the override).
+    proc = _launch(["--config", f"{config}:trec,tiny,runlocal", "--config.seed=3"], tmp_path_factory, data_dir)
+    assert proc.returncode != 0 and "--workdir is required" in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.count("EXECUTED") == 1 and proc.stderr.count("GET_CONFIG trec,tiny,runlocal") == 1
+
+    proc = _launch([f"--config={config}:trec,tiny", "--config.optim.learnin_rate=3"], tmp_path_factory, data_dir)
+    assert "unknown config key 'optim.learnin_rate'" in proc.stderr and "'optim.learning_rate'" in proc.stderr
+    proc = _launch(["--config", f"{CONFIG}:trec,fast"], tmp_path_factory, data_dir)
+    assert proc.returncode != 0 and "unknown config flags ['fast']; known: dataset (" in proc.stderr
+    proc = _launch(["--workdir", str(tmp_path / "w")], tmp_path_factory, data_dir)
+    assert proc.returncode != 0 and "--config PATH[:ARG] is required" in proc.stderr
