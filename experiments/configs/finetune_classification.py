@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
+from experiments.configs.variants import smoke_run, tiny_bert
 from jaxbert.data.sources import data_dir
 
 # name -> (train, validation, test, label_field, labels, text max_length, epochs)
@@ -62,15 +63,9 @@ def build(a):
     c.optim.weight_decay = 0.01
     c.log_every = 20
     if a.tiny:  # a randomly initialised 2-layer BERT with MiniLM's tokenizer (tests, smoke runs)
-        c.model.init_from = None
-        c.model.preset = "bert-tiny"
-        c.data.tokenizer = "asset:minilm"
-        c.optim.learning_rate = 1e-3
+        tiny_bert(c)
     if a.runlocal:
-        c.num_train_steps = 8
-        c.batch_size = 8
-        c.eval_batch_size = 64
-        c.log_every = 2
+        smoke_run(c, steps=8, batch_size=8, eval_batch_size=64)
         c.data.max_length = 32
         c.data.buckets = None
     return c

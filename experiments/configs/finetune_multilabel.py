@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
+from experiments.configs.variants import smoke_run, tiny_bert
 
 DATASETS = {"wordnet_pos": ("text", None, "labels", ("adjective", "adverb", "noun", "verb"), 16, 3.0)}
 
@@ -47,13 +48,8 @@ def get_config(arg: str | None = None):
     c.optim.warmup_ratio = 0.06
     c.log_every = 50
     if a.tiny:
-        c.model.init_from = None
-        c.model.preset = "bert-tiny"
-        c.data.tokenizer = "asset:minilm"
-        c.optim.learning_rate = 1e-3
+        tiny_bert(c)
     if a.runlocal:
-        c.num_train_steps = 8
-        c.batch_size = 8
-        c.log_every = 2
+        smoke_run(c, steps=8, batch_size=8)
         c.data.train_subset = 200
     return c

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
+from experiments.configs.variants import smoke_run, tiny_bert
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 NAMED = {"fixture": FIXTURES / "squad_v1.json", "fixture_v2": FIXTURES / "squad_v2.json"}
@@ -60,15 +61,9 @@ def get_config(arg: str | None = None):
     c.optim.weight_decay = 0.01
     c.log_every = 50
     if a.tiny:
-        c.model.init_from = None
-        c.model.preset = "bert-tiny"
-        c.data.tokenizer = "asset:minilm"
-        c.optim.learning_rate = 1e-3
+        tiny_bert(c)
     if a.runlocal:
-        c.num_train_steps = 6
-        c.batch_size = 4
-        c.eval_batch_size = 8
-        c.log_every = 2
+        smoke_run(c, steps=6, batch_size=4, eval_batch_size=8)
         c.data.max_length = 64
         c.qa.doc_stride = 16
         c.qa.max_query_length = 24

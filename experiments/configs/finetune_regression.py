@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
+from experiments.configs.variants import smoke_run, tiny_bert
 
 DATASETS = {"simlex999": ("word1", "word2", "score", 16, 10.0)}
 
@@ -45,13 +46,7 @@ def get_config(arg: str | None = None):
     c.optim.warmup_ratio = 0.1
     c.log_every = 20
     if a.tiny:
-        c.model.init_from = None
-        c.model.preset = "bert-tiny"
-        c.data.tokenizer = "asset:minilm"
-        c.optim.learning_rate = 1e-3
+        tiny_bert(c)
     if a.runlocal:
-        c.num_train_steps = 8
-        c.batch_size = 8
-        c.eval_batch_size = 50
-        c.log_every = 2
+        smoke_run(c, steps=8, batch_size=8, eval_batch_size=50)
     return c

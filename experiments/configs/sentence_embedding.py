@@ -88,6 +88,7 @@ from ml_collections import config_dict
 
 from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
+from experiments.configs.variants import smoke_run, tiny_bert
 
 DATASETS = ("wordnet", "dialog", "chatterbot", "mirror", "mirror_words", "simlex", "simlex_cosine", "softmax",
             "cross_encoder", "dse", "moe")
@@ -400,18 +401,12 @@ def get_config(arg: str | None = None):
         c.contrastive.directions = ("query_to_doc", "doc_to_query")
         c.contrastive.partition_mode = "per_direction"
     if a.tiny:
-        c.model.init_from = None
-        c.model.preset = "bert-tiny"
-        c.data.tokenizer = "asset:minilm"
-        c.optim.learning_rate = 1e-3
+        tiny_bert(c)
         if c.contrastive.matryoshka_dims:
             c.contrastive.matryoshka_dims = (128, 64, 32)
     if small:
-        c.num_train_steps = 4
-        c.batch_size = 16 if not a.gradcache else 32
+        smoke_run(c, steps=4, batch_size=16 if not a.gradcache else 32, eval_batch_size=64)
         if c.contrastive.grad_cache_chunk:
             c.contrastive.grad_cache_chunk = 8
-        c.eval_batch_size = 64
-        c.log_every = 2
         c.tensorboard = False
     return c
