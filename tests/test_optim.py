@@ -320,3 +320,50 @@ def test_reinit_top_layers(params):
         optim.reinit_top_layers(params, fresh, 5)
     with pytest.raises(ValueError, match="does not match"):
         optim.reinit_top_layers(params, {"encoder": fresh["encoder"]}, 1)
+
+
+def _schedule_by_formula(kind, lr, total, warm, end_factor=0.0, decay_ratio=0.1, decay_shape="linear"):
+    """The schedules' definitions (make_schedule's docstring), in float64, one step at a time."""
+    end = lr * end_factor
+    out = []
+    for step in range(total + 5):
+        if step < warm:
+            out.append(lr * step / warm)
+            continue
+        if kind == "constant":
+            out.append(lr)
+        elif kind in ("linear", "cosine"):
+            frac = min(max((step - warm) / max(total - warm, 1), 0.0), 1.0)
+            out.append(lr + (end - lr) * frac if kind == "linear"
+                       else end + (lr - end) * 0.5 * (1 + math.cos(math.pi * frac)))
+        else:
+            decay = round(decay_ratio * total)
+            frac = min(max((step - (total - decay)) / max(decay, 1), 0.0), 1.0)
+            f = {"linear": frac, "cosine": 0.5 * (1 - math.cos(math.pi * frac)), "sqrt": math.sqrt(frac)}[decay_shape]
+            out.append(lr + (end - lr) * f)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("kind, total, warm, end_factor, decay_ratio, decay_shape", [
+    ("linear", 267, 16, 0.0, 0.1, "linear"),  # the main job's shape (rotten_tomatoes, 6% warmup)
+    ("linear", 50, 0, 0.02, 0.1, "linear"),
+    ("linear", 10, 10, 0.0, 0.1, "linear"),  # warmup only: end right after
+    ("cosine", 120, 12, 0.1, 0.1, "linear"),
+    ("cosine", 40, 0, 0.0, 0.1, "linear"),
+    ("constant", 30, 4, 0.0, 0.1, "linear"),
+    ("wsd", 100, 10, 0.0, 0.2, "linear"),
+    ("wsd", 100, 0, 0.1, 0.3, "cosine"),
+    ("wsd", 90, 9, 0.0, 0.25, "sqrt"),
+    ("wsd", 20, 5, 0.0, 0.0, "linear"),  # no decay phase
+])
+def test_optax_schedules_equal_the_formulas_at_every_step(kind, total, warm, end_factor, decay_ratio, decay_shape):
+    """make_schedule is built from optax (linear_schedule, cosine_decay_schedule, join_schedules); its
+    values equal the definitions (the previous hand-written implementation's formulas) at every step."""
+    lr = 1e-4
+    c = _cfg(schedule=kind, learning_rate=lr, total_steps=total, warmup_steps=warm, end_lr_factor=end_factor,
+             decay_ratio=decay_ratio, decay_shape=decay_shape)
+    s = optim.make_schedule(c)
+    got = np.array([float(s(i)) for i in range(total + 5)])
+    want = _schedule_by_formula(kind, lr, total, warm, end_factor, decay_ratio, decay_shape)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * lr)
+    assert s(jnp.int32(3)).dtype == jnp.float32

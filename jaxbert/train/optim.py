@@ -301,32 +301,36 @@ def make_schedule(cfg: Mapping[str, Any] | ml_collections.ConfigDict) -> optax.S
         if warm + decay_steps > total:
             raise ValueError(f"WSD warmup ({warm}) + decay ({decay_steps}) steps exceed total_steps ({total})")
         stable_end = total - decay_steps
-    shape = cfg.decay_shape
+    # optax's schedules, joined at the phase boundaries (optax.join_schedules calls each phase
+    # with the step counted from its start). A phase of length 0 decays in one step, as before.
+    phases: list[optax.Schedule] = []
+    boundaries: list[int] = []
+    if warm > 0:
+        phases.append(optax.linear_schedule(0.0, lr, warm))
+        boundaries.append(warm)
+    if name == "constant":
+        phases.append(optax.constant_schedule(lr))
+    elif name == "linear":
+        phases.append(optax.linear_schedule(lr, end, max(total - warm, 1)))
+    elif name == "cosine":
+        phases.append(optax.cosine_decay_schedule(lr, max(total - warm, 1), alpha=float(cfg.end_lr_factor)))
+    else:  # warmup_stable_decay: stable at lr, then the decay shape over the last decay_steps
+        phases.append(optax.constant_schedule(lr))
+        boundaries.append(stable_end)
+        phases.append(_wsd_decay(cfg.decay_shape, lr, float(cfg.end_lr_factor), max(decay_steps, 1)))
+    joined = phases[0] if len(phases) == 1 else optax.join_schedules(phases, boundaries)
+    return lambda step: jnp.asarray(joined(jnp.asarray(step, jnp.float32)), jnp.float32)
 
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        if name == "constant":
-            post = jnp.full_like(step, lr)
-        elif name in ("linear", "cosine"):
-            frac = jnp.clip((step - warm) / max(total - warm, 1), 0.0, 1.0)
-            if name == "linear":
-                post = lr + (end - lr) * frac
-            else:
-                post = end + (lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-        else:
-            frac = jnp.clip((step - stable_end) / max(decay_steps, 1), 0.0, 1.0)
-            if shape == "linear":
-                f = frac
-            elif shape == "cosine":
-                f = 0.5 * (1.0 - jnp.cos(jnp.pi * frac))
-            else:
-                f = jnp.sqrt(frac)
-            post = lr + (end - lr) * f
-        if warm > 0:
-            return jnp.where(step < warm, lr * step / warm, post)
-        return post
 
-    return schedule
+def _wsd_decay(shape: str, lr: float, end_factor: float, steps: int) -> optax.Schedule:
+    """WSD's final phase over ``steps`` steps, ``lr`` to ``end_factor * lr``: linear or cosine (optax's),
+    or 1-sqrt (Hägele et al. 2024; optax has none)."""
+    end = lr * end_factor
+    if shape == "linear":
+        return optax.linear_schedule(lr, end, steps)
+    if shape == "cosine":
+        return optax.cosine_decay_schedule(lr, steps, alpha=end_factor)
+    return lambda step: lr + (end - lr) * jnp.sqrt(jnp.clip(step / steps, 0.0, 1.0))
 
 
 def scale_schedule(schedule: optax.Schedule, mult: float) -> optax.Schedule:
