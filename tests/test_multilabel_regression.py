@@ -63,8 +63,18 @@ def test_micro_macro_f1_hand_computed_and_vs_sklearn():
 
 # ------------------------------------------------------------------------------- regression metrics
 
-def test_pearson_spearman_against_scipy_and_by_hand():
-    stats = pytest.importorskip("scipy.stats")
+def _pearson_by_formula(x, y):
+    xc, yc = x - x.mean(), y - y.mean()
+    return (xc * yc).sum() / np.sqrt((xc * xc).sum() * (yc * yc).sum())
+
+
+def _average_ranks(x):
+    """1-based ranks, ties averaged, by counting: rank = #smaller + (#equal + 1) / 2."""
+    return np.array([(x < v).sum() + ((x == v).sum() + 1) / 2 for v in x])
+
+
+def test_pearson_spearman_from_scipy_cross_checked_by_formula():
+    """scipy's numbers (what jaxbert.eval.regression returns) equal the textbook formulas."""
     assert list(rankdata([10, 20, 20, 5])) == [2.0, 3.5, 3.5, 1.0]
     assert abs(pearson([1, 2, 3], [2, 4, 7]) - 0.9933992677987828) < 1e-12  # by hand: cov / (sx sy)
     assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == 1.0
@@ -72,11 +82,17 @@ def test_pearson_spearman_against_scipy_and_by_hand():
     for _ in range(10):
         x = rng.integers(0, 6, 50).astype(float)  # ties
         y = x + rng.normal(0, 2, 50)
-        assert np.isclose(pearson(x, y), stats.pearsonr(x, y)[0])
-        assert np.isclose(spearman(x, y), stats.spearmanr(x, y)[0])
+        assert np.isclose(pearson(x, y), _pearson_by_formula(x, y), rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(rankdata(x), _average_ranks(x))
+        assert np.isclose(spearman(x, y), _pearson_by_formula(_average_ranks(x), _average_ranks(y)),
+                          rtol=1e-12, atol=1e-12)
     s = regression_scores([1.0, 2.0, 4.0], [1.0, 3.0, 3.0])
     assert np.isclose(s["mse"], 2 / 3) and np.isclose(s["rmse"], np.sqrt(2 / 3))
-    assert np.isnan(pearson([1, 1, 1], [1, 2, 3]))  # undefined, not silently 0
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # undefined is nan, without scipy's ConstantInputWarning
+        assert np.isnan(pearson([1, 1, 1], [1, 2, 3])) and np.isnan(spearman([1, 2, 3], [4, 4, 4]))
+        assert np.isnan(pearson([1.0], [2.0]))
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -1,15 +1,19 @@
-"""Regression metrics: MSE, Pearson and Spearman correlation (numpy, exact).
+"""Regression metrics: MSE, and Pearson / Spearman correlation from ``scipy.stats``.
 
-Spearman is Pearson of the ranks, ties given their average rank (what ``scipy.stats.spearmanr``
-does). A constant input has no defined correlation: the result is ``nan`` (scipy warns and
-returns ``nan`` too), never a silent 0.
+Spearman is Pearson of the ranks, ties given their average rank (``scipy.stats.spearmanr``).
+A constant input (or fewer than two values) has no defined correlation: the result is ``nan``
+(checked here, so scipy's ``ConstantInputWarning`` is not raised), never a silent 0.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 __all__ = ["pearson", "rankdata", "regression_scores", "spearman"]
+
+#: 1-based ranks, ties averaged (``scipy.stats.rankdata``, method ``"average"``).
+rankdata = stats.rankdata
 
 
 def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -19,31 +23,20 @@ def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _undefined(x: np.ndarray, y: np.ndarray) -> bool:
+    return x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0
+
+
 def pearson(x, y) -> float:
+    """Pearson correlation of two equal-length sequences (``nan`` if undefined)."""
     x, y = _pair(x, y)
-    if x.size < 2:
-        return float("nan")
-    xc, yc = x - x.mean(), y - y.mean()
-    denom = np.sqrt((xc * xc).sum() * (yc * yc).sum())
-    return float((xc * yc).sum() / denom) if denom > 0 else float("nan")
-
-
-def rankdata(x) -> np.ndarray:
-    """1-based ranks, ties averaged."""
-    x = np.asarray(x, np.float64).ravel()
-    order = np.argsort(x, kind="stable")
-    sx = x[order]
-    starts = np.r_[0, np.flatnonzero(sx[1:] != sx[:-1]) + 1]
-    ends = np.r_[starts[1:], len(x)]
-    avg = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+    return float("nan") if _undefined(x, y) else float(stats.pearsonr(x, y).statistic)
 
 
 def spearman(x, y) -> float:
+    """Spearman rank correlation of two equal-length sequences (``nan`` if undefined)."""
     x, y = _pair(x, y)
-    return pearson(rankdata(x), rankdata(y))
+    return float("nan") if _undefined(x, y) else float(stats.spearmanr(x, y).statistic)
 
 
 def regression_scores(predictions, targets) -> dict[str, float]:
