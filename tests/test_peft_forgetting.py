@@ -1,4 +1,4 @@
-"""The forgetting probes: nDCG@10, Spearman, and bucketed/sorted encoding equal to one-by-one encoding."""
+"""The forgetting probes: Spearman, and bucketed/sorted encoding equal to one-by-one encoding."""
 
 from __future__ import annotations
 
@@ -7,17 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbert.peft.forgetting import encode, lee_spearman, load_data, ndcg_at_k
-
-
-def test_ndcg_at_10_binary_relevance():
-    docs = np.eye(4, dtype=np.float32)
-    queries = np.array([[1, 0, 0, 0], [0.1, 0.9, 0, 0], [0, 0, 0.2, 0.1]], np.float32)
-    qrels = {"a": {"d0"}, "b": {"d0"}, "c": {"d3"}}
-    got = ndcg_at_k(queries, docs, ["a", "b", "c"], ["d0", "d1", "d2", "d3"], qrels, k=10)
-    # a: rank 1 -> 1; b: rank 2 -> 1/log2(3); c: rank 2 -> 1/log2(3)
-    assert got == pytest.approx((1 + 2 / np.log2(3)) / 3)
-    assert ndcg_at_k(queries[2:], docs, ["c"], ["d0", "d1", "d2", "d3"], qrels, k=1) == 0.0
+from jaxbert.peft.forgetting import encode, lee_spearman, load_data
 
 
 def test_lee_spearman_is_rank_correlation():

@@ -47,18 +47,16 @@ def test_retrieval_scores_exact_search():
     assert val.shape == (3, 2) and val[0, 0] > val[0, 1]
 
 
-def test_ndcg_agrees_with_forgetting_probe():
-    """Same number as jaxbert.peft.forgetting.ndcg_at_k (binary qrels), which this module generalises."""
-    from jaxbert.peft.forgetting import ndcg_at_k as forgetting_ndcg
-    rng = np.random.default_rng(0)
-    q, d = rng.standard_normal((30, 8)), rng.standard_normal((50, 8))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    qids, dids = [f"q{i}" for i in range(30)], [f"d{i}" for i in range(50)]
-    qrels = {f"q{i}": {f"d{(i * 7) % 50}": 1.0} for i in range(30)}
-    ours = R.retrieval_scores(q, d, qids, dids, qrels)["ndcg@10"]
-    theirs = forgetting_ndcg(q, d, qids, dids, {k: set(v) for k, v in qrels.items()})
-    assert ours == pytest.approx(theirs, abs=1e-9)
+def test_ndcg_at_10_binary_relevance():
+    """Binary qrels (the forgetting probe's wordnet_defs nDCG@10): 1 / log2(rank + 1) of the one relevant doc."""
+    docs = np.eye(4, dtype=np.float32)
+    queries = np.array([[1, 0, 0, 0], [0.1, 0.9, 0, 0], [0, 0, 0.2, 0.1]], np.float32)
+    qrels = {"a": {"d0": 1.0}, "b": {"d0": 1.0}, "c": {"d3": 1.0}}
+    ids = ["d0", "d1", "d2", "d3"]
+    got = R.retrieval_scores(queries, docs, ["a", "b", "c"], ids, qrels, ndcg_k=(10, 1), mrr_k=(), recall_k=())
+    # a: rank 1 -> 1; b: rank 2 -> 1/log2(3); c: rank 2 -> 1/log2(3)
+    assert got["ndcg@10"] == pytest.approx((1 + 2 / math.log2(3)) / 3)
+    assert got["ndcg@1"] == pytest.approx(1 / 3)
 
 
 def test_similarity_spearman():

@@ -5,10 +5,11 @@ recipe of all-MiniLM-L6-v2), run before and after fine-tuning:
 
 * **wordnet_defs retrieval**: the 1,000 test queries (WordNet example sentences) against
   ``corpus_20k`` (synset definitions), exact cosine search, nDCG@10 with the single relevant
-  document per query (binary gains: ``1 / log2(rank + 1)`` if it is in the top 10, else 0).
+  document per query (binary gains: ``1 / log2(rank + 1)`` if it is in the top 10, else 0;
+  :func:`jaxbert.eval.retrieval.retrieval_scores`).
   ``corpus_limit`` keeps the relevant documents plus the first ``corpus_limit`` others (quick runs).
 * **lee document similarity**: Spearman correlation between the cosine similarity of the 50
-  documents' embeddings and the 1,225 human similarity ratings (``scipy.stats.spearmanr``).
+  documents' embeddings and the 1,225 human similarity ratings (:func:`jaxbert.eval.regression.spearman`).
 
 :func:`general_scores` takes the encoder params (the ``encoder`` subtree of a task model, e.g.
 from :meth:`jaxbert.peft.base.PeftMethod.merge`) and its config.
@@ -20,7 +21,6 @@ import dataclasses
 import functools
 import gzip
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,6 +28,8 @@ import jax
 import numpy as np
 
 from jaxbert.data.tokenization import encode_batch
+from jaxbert.eval.regression import spearman
+from jaxbert.eval.retrieval import retrieval_scores
 
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
 
@@ -116,27 +118,10 @@ def encode(encoder_params: Any, model_config: Any, tokenizer: Any, texts: Sequen
     return out
 
 
-def ndcg_at_k(query_emb: np.ndarray, doc_emb: np.ndarray, query_ids: Sequence[str], doc_ids: Sequence[str],
-              qrels: dict[str, set[str]], k: int = 10, chunk: int = 256) -> float:
-    """Mean nDCG@k (binary relevance) of exact cosine search (embeddings already normalised)."""
-    doc_ids = np.asarray(doc_ids)
-    total = 0.0
-    for s in range(0, len(query_ids), chunk):
-        scores = query_emb[s:s + chunk] @ doc_emb.T
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        for qi, row in enumerate(top):
-            rel = qrels.get(query_ids[s + qi], set())
-            dcg = sum(1.0 / math.log2(r + 2) for r, d in enumerate(doc_ids[row]) if d in rel)
-            idcg = sum(1.0 / math.log2(r + 2) for r in range(min(len(rel), k)))
-            total += dcg / idcg if idcg else 0.0
-    return total / max(len(query_ids), 1)
-
-
 def lee_spearman(doc_emb: np.ndarray, pairs: np.ndarray, scores: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
+    """Spearman of the pairs' cosine similarity (embeddings already normalised) against the ratings."""
     cos = np.sum(doc_emb[pairs[:, 0]] * doc_emb[pairs[:, 1]], axis=1)
-    return float(spearmanr(cos, scores).statistic)
+    return spearman(cos, scores)
 
 
 def general_scores(encoder_params: Any, model_config: Any, tokenizer: Any, data: ForgettingData,
@@ -145,5 +130,7 @@ def general_scores(encoder_params: Any, model_config: Any, tokenizer: Any, data:
     q = encode(encoder_params, model_config, tokenizer, data.queries, max_length=max_length)
     d = encode(encoder_params, model_config, tokenizer, data.docs, max_length=max_length)
     lee = encode(encoder_params, model_config, tokenizer, data.lee_docs, max_length=256)
-    return {"wordnet_ndcg@10": ndcg_at_k(q, d, data.query_ids, data.doc_ids, data.qrels),
+    qrels = {qid: dict.fromkeys(docs, 1.0) for qid, docs in data.qrels.items()}  # binary gains
+    ndcg = retrieval_scores(q, d, data.query_ids, data.doc_ids, qrels, ndcg_k=(10,), mrr_k=(), recall_k=())
+    return {"wordnet_ndcg@10": ndcg["ndcg@10"],
             "lee_spearman": lee_spearman(lee, data.lee_pairs, data.lee_scores)}
