@@ -92,13 +92,6 @@ def jit_train_step(step: Callable, state_shardings: Any, batch_sharding: Any, me
                    compiler_options=compiler_options(mesh))
 
 
-def make_eval_step(predict_fn: Callable[[Any, dict], tuple[dict, dict]]) -> Callable:
-    """``eval_step(params, batch) -> (outputs, sums)``; ``predict_fn`` runs the model deterministically."""
-    def eval_step(params, batch):
-        return predict_fn(params, batch)
-    return eval_step
-
-
 def finite_or_raise(metrics: dict[str, Any], step: int, checkpoint_note: str = "") -> None:
     """Stop the run on a NaN/Inf metric, naming the step and which metric went bad."""
     import math
