@@ -3,7 +3,7 @@ CPU devices; prints JSON with per-mesh losses (run by tests/test_llm_sharding.py
 because the device count must be set before jax is imported).
 
 Meshes: a 1-device reference, ``data=2 x fsdp=2 x tensor=2`` and ``fsdp=4 x tensor=2``. Params are
-placed by their logical axis names (``jaxbert.models.llm.LLM_RULES``), LoRA leaves replicated,
+placed by their logical axis names (``jaxbert.train.mesh.DEFAULT_RULES``), LoRA leaves replicated,
 the batch split over the data-parallel axes; the InfoNCE in-batch negatives span the global
 batch (no explicit gather: jit computes the global score matrix).
 """
@@ -25,7 +25,8 @@ import flax.linen as nn  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from jaxbert.models.llm import model as llm  # noqa: E402
-from jaxbert.models.llm.model import LLM_RULES, LlmModel  # noqa: E402
+from jaxbert.models.llm.model import LlmModel  # noqa: E402
+from jaxbert.train.mesh import DEFAULT_RULES  # noqa: E402
 from jaxbert.models.llm.pooling import llm_pool  # noqa: E402
 from jaxbert.objectives.llm_embedding import contrastive_loss  # noqa: E402
 from jaxbert.peft.base import flatten, unflatten  # noqa: E402
@@ -65,7 +66,7 @@ def run(mesh_spec, steps=3):
     for i, p in enumerate(sorted(k for k in flat if k.endswith("lora_b"))):
         flat[p] = 0.01 * jax.random.normal(jax.random.key(100 + i), flat[p].shape)
     params = unflatten(flat)
-    base_sh, fallbacks = mesh_lib.param_shardings(boxed, mesh, LLM_RULES)
+    base_sh, fallbacks = mesh_lib.param_shardings(boxed, mesh, DEFAULT_RULES)
     base_sh_flat = flatten(base_sh)
     rep = NamedSharding(mesh, P())
     shardings = unflatten({p: base_sh_flat.get(p, rep) for p in flatten(params)})
@@ -84,9 +85,9 @@ def run(mesh_spec, steps=3):
         u, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, u), opt_state, loss
 
-    batch_sh = {"ids": mesh_lib.batch_sharding(mesh, LLM_RULES, 2), "mask": mesh_lib.batch_sharding(mesh, LLM_RULES, 2)}
+    batch_sh = {"ids": mesh_lib.batch_sharding(mesh, DEFAULT_RULES, 2), "mask": mesh_lib.batch_sharding(mesh, DEFAULT_RULES, 2)}
     losses = []
-    with mesh, nn.logical_axis_rules(LLM_RULES):
+    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
         params = jax.device_put(params, shardings)
         opt_state = tx.init(params)
         jstep = jax.jit(step)

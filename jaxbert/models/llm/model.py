@@ -40,7 +40,7 @@ with logical axis names (in brackets)::
     lm_head/kernel                         [embed, vocab]          (embed, vocab)   (untied only)
 
 ``kv_heads`` is its own logical name so that a rules table may shard k/v heads differently from
-query heads (few k/v heads rarely divide a tensor axis); :data:`LLM_RULES` maps it like ``heads``
+query heads (few k/v heads rarely divide a tensor axis); ``jaxbert.train.mesh.DEFAULT_RULES`` maps it like ``heads``
 (mesh.py replicates a dimension that the mesh axis does not divide, and reports it).
 """
 
@@ -70,21 +70,6 @@ from jaxbert.models.layers.norms import make_norm
 ATTENTION_MODES = ("causal", "bidirectional")
 ROPE_TYPES = ("default", "linear", "llama3")
 LLM_MODEL_TYPES = ("llama", "qwen2")
-
-#: Logical-axis rules for LLM params on the engine mesh: DEFAULT_RULES plus ``kv_heads``.
-LLM_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("embed_out", None),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("kv", None),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("classes", None),
-)
-
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
