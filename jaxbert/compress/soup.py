@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxbert.models.params import join_keys
+
 
 class SoupError(ValueError):
     """Ingredients that cannot be averaged (different structure, shape or dtype; bad weights)."""
@@ -29,7 +31,7 @@ class SoupError(ValueError):
 def _flat(tree: Any) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise SoupError(f"soup ingredients must be nested param dicts, got {type(tree).__name__}")
-    return {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(tree).items()}
+    return {join_keys(k): v for k, v in traverse_util.flatten_dict(tree).items()}
 
 
 def check_compatible(trees: Sequence[Any]) -> None:

@@ -24,6 +24,8 @@ import flax.linen as nn
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxbert.models.params import path_str
+
 # logical name -> mesh axis (or tuple of axes, or None = replicated)
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
@@ -109,10 +111,6 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None, me
     return P(*out)
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def param_shardings(abstract_boxed_params: Any, mesh: Mesh, rules: Iterable[tuple[str, Any]]
                     ) -> tuple[Any, list]:
     """NamedShardings for params from their logical annotations.
@@ -129,7 +127,7 @@ def param_shardings(abstract_boxed_params: Any, mesh: Mesh, rules: Iterable[tupl
             names, value = leaf.names, leaf.value
         else:
             names, value = (None,) * len(leaf.shape), leaf
-        spec = logical_to_spec(names, value.shape, mesh, rules, fallbacks, where=_path_str(path))
+        spec = logical_to_spec(names, value.shape, mesh, rules, fallbacks, where=path_str(path))
         return NamedSharding(mesh, spec)
 
     shardings = jax.tree_util.tree_map_with_path(one, abstract_boxed_params,

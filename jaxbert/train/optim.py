@@ -44,6 +44,8 @@ import numpy as np
 import optax
 from ml_collections import config_dict
 
+from jaxbert.models.params import param_paths, path_str  # noqa: F401  (re-exported: optim.path_str)
+
 PyTree = Any
 
 #: Reserved label: leaves with this label get zero updates and no optimizer state.
@@ -151,23 +153,6 @@ def resolve_optim_config(cfg: Mapping[str, Any] | ml_collections.ConfigDict | No
 # ----------------------------------------------------------------------------------------------
 # Paths and labels
 # ----------------------------------------------------------------------------------------------
-
-def _key_str(k: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def path_str(key_path: Sequence[Any]) -> str:
-    """A jax key path (from ``tree_flatten_with_path``) as ``'a/b/c'``."""
-    return "/".join(_key_str(k) for k in key_path)
-
-
-def param_paths(params: PyTree) -> PyTree:
-    """Same structure as ``params``, each leaf replaced by its ``'/'``-joined path (str)."""
-    return jax.tree_util.tree_map_with_path(lambda kp, _: path_str(kp), params)
-
 
 def _flat_paths(params: PyTree) -> list[str]:
     return [path_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
