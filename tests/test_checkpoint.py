@@ -391,3 +391,36 @@ def test_sigterm_guard_sets_flag_and_keeps_running():
     finally:
         is_preempted.close()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_retention_policy_latest_n_plus_best_k_on_random_histories():
+    """The policy (orbax LatestN + BestN on the finalized / scored steps) keeps exactly: every
+    unfinalized directory, the n newest finalized steps, and the k best scored ones (ties: newer)."""
+    import collections
+    import random
+
+    from jaxbert.train.checkpoint import _LastNPlusBestK
+
+    Info = collections.namedtuple("Info", "step metrics")
+    rnd = random.Random(0)
+    for trial in range(300):
+        steps = sorted(rnd.sample(range(1, 60), rnd.randint(1, 12)))
+        unfinalized = {s for s in steps if rnd.random() < 0.2}
+        infos = []
+        for s in steps:
+            r = rnd.random()
+            metrics = (None if r < 0.15 else {"other": 1.0} if r < 0.25 else {"acc": float("nan")} if r < 0.3
+                       else {"acc": float(rnd.randint(0, 4))})  # few values: ties
+            infos.append(Info(s, metrics))
+        n, k, mode = rnd.choice([None, 1, 2, 3]), rnd.choice([None, 0, 1, 2]), rnd.choice(["max", "min"])
+        policy = _LastNPlusBestK(is_valid=lambda s: s not in unfinalized, n=n, k=k, metric="acc", mode=mode)
+        got = policy.should_preserve(infos)
+
+        valid = [i for i, c in enumerate(infos) if c.step not in unfinalized]
+        want = {i for i in range(len(infos)) if i not in valid}
+        want |= set(valid if n is None else valid[max(0, len(valid) - n):])
+        scored = [(c.metrics["acc"], i) for i, c in enumerate(infos) if i in valid and c.metrics
+                  and "acc" in c.metrics and c.metrics["acc"] == c.metrics["acc"]]
+        scored.sort(key=lambda t: (t[0] if mode == "max" else -t[0], t[1]), reverse=True)
+        want |= {i for _, i in scored[:k or 0]}
+        assert got == [i in want for i in range(len(infos))], (trial, steps, unfinalized, infos, n, k, mode)

@@ -67,6 +67,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint.checkpoint_managers import BestN, LatestN
+
+from jaxbert.models.params import path_str
 
 __all__ = [
     "CheckpointError",
@@ -105,15 +108,8 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 # Pytree helpers
 # --------------------------------------------------------------------------------------------
 
-def _key_part(k: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 def _path_str(path: Sequence[Any]) -> str:
-    return "/".join(_key_part(k) for k in path) or "<root>"
+    return path_str(path) or "<root>"
 
 
 def _is_prng_key(x: Any) -> bool:
@@ -244,8 +240,13 @@ def _to_float(v: Any) -> Any:
 class _LastNPlusBestK:
     """orbax ``PreservationPolicy``: keep the ``n`` newest finalized steps and the ``k`` best.
 
-    Step directories that are not finalized checkpoints (no step marker) are always preserved
-    (this layer never deletes what it did not write) and do not count toward ``n``.
+    The ranking is orbax's: :class:`LatestN` over the finalized steps and :class:`BestN` over the
+    finalized steps that carry the metric (ties go to the newer step). Two rules of ours sit
+    around them, because orbax's policies do not have them: step directories that are not
+    finalized checkpoints (no step marker) are always preserved (this layer never deletes what it
+    did not write) and do not count toward ``n``; and a step without the metric (or with a NaN)
+    is kept by ``n`` only (orbax's ``BestN`` keeps every step while there are at most ``k``, and
+    ranks a metrics dict that lacks the key instead of skipping it).
     """
 
     is_valid: Callable[[int], bool]
@@ -265,20 +266,21 @@ class _LastNPlusBestK:
         return None if math.isnan(v) else v
 
     def should_preserve(self, checkpoints, *, context=None) -> list[bool]:
-        steps = [c.step for c in checkpoints]
-        valid = [s == self.pending_step or self.is_valid(s) for s in steps]
-        keep = [not v for v in valid]
-        valid_idx = [i for i, v in enumerate(valid) if v]
-        latest = valid_idx if self.n is None else valid_idx[max(0, len(valid_idx) - self.n):]
-        for i in latest:
-            keep[i] = True
+        valid = [i for i, c in enumerate(checkpoints) if c.step == self.pending_step or self.is_valid(c.step)]
+        keep = [True] * len(checkpoints)
+        for i in valid:
+            keep[i] = False
+
+        def apply(policy, indices: list[int]) -> None:
+            flags = policy.should_preserve([checkpoints[i] for i in indices], context=context)
+            for i, flag in zip(indices, flags):
+                keep[i] = keep[i] or bool(flag)
+
+        apply(LatestN(n=self.n), valid)
         if self.k:
-            scored = [(self.metric_value(checkpoints[i].metrics), i) for i in valid_idx]
-            scored = [(v, i) for v, i in scored if v is not None]
-            # Best first; ties go to the newer step.
-            scored.sort(key=lambda t: (t[0] if self.mode == "max" else -t[0], t[1]), reverse=True)
-            for _, i in scored[: self.k]:
-                keep[i] = True
+            scored = [i for i in valid if self.metric_value(checkpoints[i].metrics) is not None]
+            apply(BestN(get_metric_fn=self.metric_value, reverse=self.mode == "min", n=self.k,
+                        keep_checkpoints_without_metrics=False), scored)
         return keep
 
 
