@@ -56,7 +56,7 @@ from ml_collections import config_dict
 
 from experiments.configs.args import parse_arg
 from experiments.configs.common import base_config
-from experiments.configs.sentence_embedding import contrastive_config
+from experiments.configs.sentence_embedding import contrastive_config, retrieval_eval
 
 SIZES = {"tiny": "m2-bert-tiny", "80m": "m2-bert-80m"}
 #: ``SIZE[,runlocal][,init=EXPORT_DIR]``
@@ -100,16 +100,8 @@ def get_config(arg: str | None = None):
     c.data.buckets = (512, 1024, 2048, 4096, MAX_LENGTH)
 
     c.evals = ml_collections.ConfigDict()
-    r = ml_collections.ConfigDict()
-    r.kind = "retrieval"
-    r.queries = str(folder / "test_queries.jsonl")
-    r.corpus = str(folder / "test_corpus.jsonl")
-    r.qrels = str(folder / "test_qrels.jsonl")
-    r.corpus_limit = config_dict.placeholder(int)
-    r.query_limit = config_dict.placeholder(int)
-    if small:
-        r.query_limit, r.corpus_limit = 40, 0
-    c.evals.bbc_long = r
+    c.evals.bbc_long = retrieval_eval(str(folder / "test_queries.jsonl"), str(folder / "test_corpus.jsonl"),
+                                      str(folder / "test_qrels.jsonl"), *((0, 40) if small else (None, None)))
     c.eval_splits = ("bbc_long",)
     c.checkpoint.best_metric = "bbc_long/ndcg@10"
     c.checkpoint.best_mode = "max"

@@ -129,16 +129,22 @@ def contrastive_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _retrieval(data_root: str, corpus_limit=None, query_limit=None) -> ml_collections.ConfigDict:
+def retrieval_eval(queries: str, corpus: str, qrels: str, corpus_limit=None, query_limit=None) -> ml_collections.ConfigDict:
+    """An ``evals`` entry of kind ``retrieval`` (exact cosine search; nDCG@10, MRR@10, Recall@k)."""
     r = ml_collections.ConfigDict()
     r.kind = "retrieval"
-    r.queries = f"{data_root}/wordnet_defs/queries_test.jsonl"
-    r.corpus = f"{data_root}/wordnet_defs/corpus_20k.jsonl"
-    r.qrels = f"{data_root}/wordnet_defs/qrels_test.jsonl"
+    r.queries, r.corpus, r.qrels = queries, corpus, qrels
     r.corpus_limit = config_dict.placeholder(int)
     r.query_limit = config_dict.placeholder(int)
     r.corpus_limit, r.query_limit = corpus_limit, query_limit
     return r
+
+
+def _retrieval(data_root: str, corpus_limit=None, query_limit=None) -> ml_collections.ConfigDict:
+    """The wordnet_defs test retrieval set (1,000 queries against corpus_20k)."""
+    wn = f"{data_root}/wordnet_defs"
+    return retrieval_eval(f"{wn}/queries_test.jsonl", f"{wn}/corpus_20k.jsonl", f"{wn}/qrels_test.jsonl",
+                          corpus_limit, query_limit)
 
 
 def _path_eval(kind: str, path: str) -> ml_collections.ConfigDict:
