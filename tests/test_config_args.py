@@ -76,3 +76,22 @@ def test_no_config_file_parses_its_argument_by_hand():
         if "\ndef get_config(" in text:
             assert "parse_arg(arg" in text, f"{path.name}: get_config does not call parse_arg"
             assert '.split(",")' not in text, f"{path.name}: parses its argument by hand"
+
+
+def test_every_docstring_command_builds_its_config(data_dir):
+    """The ``--config experiments/configs/X.py:ARG`` of every config docstring parses and builds."""
+    import ast
+    import re
+    from pathlib import Path
+    folder = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+    seen = 0
+    for path in sorted(folder.glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        for name, arg in re.findall(r"--config[ =]experiments/configs/(\w+)\.py(?::(\S*))?", doc):
+            if name != path.stem:  # a command of another config file
+                continue
+            module = importlib.import_module(f"experiments.configs.{name}")
+            c = module.get_config(arg) if arg else module.get_config()
+            assert c.task, (name, arg)
+            seen += 1
+    assert seen >= 20
