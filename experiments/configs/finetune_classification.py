@@ -46,7 +46,7 @@ def get_config(arg: str = "rotten_tomatoes"):
         raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal', 'tiny']")
     train, val, test, label_field, labels, max_len, epochs = DATASETS[name]
     root = data_root()
-    c = base_config()
+    c = base_config("classification")
     c.task = "classification"
     c.model.init_from = "asset:minilm"
     c.data.train = str(root / train)

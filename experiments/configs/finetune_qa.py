@@ -42,7 +42,7 @@ def get_config(arg: str = "fixture"):
             raise ValueError(f"{paths[0]!r} uses its own file for train and validation; got extra {paths[1:]}")
     else:
         train, dev = paths[0], (paths[1] if len(paths) > 1 else None)
-    c = base_config()
+    c = base_config("question_answering")
     c.task = "question_answering"
     c.model.init_from = "asset:minilm"
     c.data.train = train

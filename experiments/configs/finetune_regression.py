@@ -32,7 +32,7 @@ def get_config(arg: str = "simlex999"):
         raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal', 'tiny']")
     text_field, pair_field, label_field, max_len, epochs = DATASETS[name]
     folder = derived_dataset(name)
-    c = base_config()
+    c = base_config("regression")
     c.task = "regression"
     c.model.init_from = "asset:minilm"
     c.data.train, c.data.validation, c.data.test = (str(folder / f"{s}.jsonl") for s in ("train", "validation", "test"))

@@ -51,7 +51,7 @@ def get_config(arg: str = "brown_pos"):
         raise ValueError(f"unknown config flags {sorted(unknown)}; known: ['runlocal', 'tiny']")
     train, val, test, labels, max_len, epochs = DATASETS[name]
     root = data_root()
-    c = base_config()
+    c = base_config("token_classification")
     c.task = "token_classification"
     c.model.init_from = "asset:minilm"
     c.data.train = str(root / train)

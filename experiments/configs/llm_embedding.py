@@ -139,7 +139,7 @@ def get_config(arg: str = "contrastive"):
     small, tiny = "runlocal" in flags, "tiny" in flags
     root = str(data_dir())
 
-    c = base_config()
+    c = base_config("llm_embedding")
     c.task = "llm_embedding"
     c.model.init_from = "asset:smollm2"
     c.model.preset = "smollm2-135m"

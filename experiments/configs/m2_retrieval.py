@@ -79,7 +79,7 @@ def get_config(arg: str = "tiny"):
     folder = bbc_long_retrieval()
     small = "runlocal" in flags
 
-    c = base_config()
+    c = base_config("contrastive")
     c.task = "contrastive"
     c.model.init_from = None
     c.model.preset = SIZES[size]

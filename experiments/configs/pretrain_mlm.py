@@ -72,7 +72,7 @@ def get_config(arg: str = "mini,random"):
     unknown = flags - set(FLAGS)
     if unknown:
         raise ValueError(f"unknown flags {sorted(unknown)}; known: {list(FLAGS)}")
-    c = base_config()
+    c = base_config("mlm")
     c.task = "mlm"
     c.model.init_from = None
     c.model.preset = SIZES.get(size, size)

@@ -264,7 +264,7 @@ def get_config(arg: str = "wordnet"):
     if unknown:
         raise ValueError(f"unknown config flags {sorted(unknown)}; known: {list(FLAGS)}")
     root = str(data_dir())
-    c = base_config()
+    c = base_config("contrastive")
     c.task = "contrastive"
     c.model.init_from = "asset:minilm"
     c.contrastive = contrastive_config()
