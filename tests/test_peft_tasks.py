@@ -187,3 +187,46 @@ def test_task_config_sections_hold_only_their_task_keys():
     assert cls.label_smoothing == 0.0 and "qa" not in cls and "mlm" not in cls
     with pytest.raises(AttributeError):
         cls.qa.doc_stride = 64  # another task's key does not exist in this task's config
+
+
+def _recipe(module, arg):
+    import importlib
+    c = importlib.import_module(f"experiments.configs.{module}").get_config(arg)
+    c.model.overrides.hidden_dropout_prob = c.model.overrides.attention_probs_dropout_prob = 0.0
+    return c
+
+
+def _contrastive_config():
+    c = _recipe("sentence_embedding", "wordnet,tiny,runlocal")
+    c.eval_splits = ()
+    return c
+
+
+OTHER_TASKS = {  # tasks that used to ignore config.peft (contrastive, multi-label, regression) + classification
+    "classification": lambda: _recipe("finetune_classification", "trec,runlocal,tiny"),
+    "multilabel": lambda: _recipe("finetune_multilabel", "wordnet_pos,runlocal,tiny"),
+    "regression": lambda: _recipe("finetune_regression", "simlex999,runlocal,tiny"),
+    "contrastive": _contrastive_config,
+}
+
+
+@pytest.mark.parametrize("task_name", sorted(OTHER_TASKS))
+def test_lora_is_honoured_by_sequence_and_embedding_tasks(task_name, minilm_dir, data_dir, capsys):
+    c = _with_peft(OTHER_TASKS[task_name](), "lora", rank=4)
+    task = get_task(task_name)(c)
+    assert c.task == task_name and task.peft is not None
+    losses, before, after, labels = train_fixed_batch(task, steps=4)
+    lora = [p for p in after if p.endswith("lora_b")]
+    assert lora and all(not np.array_equal(after[p], before[p]) for p in lora)
+    for p in labels:
+        if labels[p] == peft.FROZEN:
+            np.testing.assert_array_equal(np.asarray(after[p]), np.asarray(before[p]), err_msg=p)
+    assert losses[-1] < losses[0], losses
+    with capsys.disabled():
+        print(f"\n[peft-tasks] {task_name} lora: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+
+
+def test_contrastive_refuses_soft_prompt(minilm_dir, data_dir):
+    c = _with_peft(_contrastive_config(), "prompt", length=2, init_from="random")
+    with pytest.raises(PeftError, match=r"task 'contrastive': peft.method='prompt' inserts soft-prompt tokens"):
+        get_task("contrastive")(c)
