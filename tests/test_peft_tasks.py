@@ -230,3 +230,23 @@ def test_contrastive_refuses_soft_prompt(minilm_dir, data_dir):
     c = _with_peft(_contrastive_config(), "prompt", length=2, init_from="random")
     with pytest.raises(PeftError, match=r"task 'contrastive': peft.method='prompt' inserts soft-prompt tokens"):
         get_task("contrastive")(c)
+
+
+def test_trainer_lora_qa_run_exports_merged_model(tmp_path, minilm_dir):
+    """Through the Trainer: the adapter checkpoint and the merged HF export (Task.export) of a LoRA QA run
+    give the trained model's span logits."""
+    from jaxbert.convert import hf as hf_convert
+    from jaxbert.train.loop import Trainer
+
+    c = _with_peft(_qa_config(), "lora", rank=4)
+    c.num_train_steps, c.progress, c.tensorboard = 2, False, False
+    trainer = Trainer(c, tmp_path / "run")
+    result = trainer.run()
+    assert result["status"] == "done" and (tmp_path / "run" / "adapter").is_dir()
+    pre = hf_convert.load_pretrained(result["export_dir"], task="question_answering")
+    batch = next(iter(trainer.task.eval_batches("validation", 8)))
+    inputs = [batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")]
+    want = trainer.task.model.apply({"params": trainer.final_state.params}, *inputs)
+    got = pre.model.apply({"params": pre.params}, *inputs)
+    for k in ("start_logits", "end_logits"):
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), atol=1e-4, err_msg=k)
