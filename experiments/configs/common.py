@@ -1,4 +1,4 @@
-"""Defaults shared by every experiment config. Configs call ``base_config()`` and override.
+"""Defaults shared by every experiment config. Configs call ``base_config(task)`` and override.
 
 Every engine key a run can take exists here; each task adds its own keys
 (``jaxbert.tasks.base.Task.config_section``: ``qa.*``, ``multilabel.*``, ``mlm.*``,
