@@ -250,3 +250,14 @@ def test_trainer_lora_qa_run_exports_merged_model(tmp_path, minilm_dir):
     got = pre.model.apply({"params": pre.params}, *inputs)
     for k in ("start_logits", "end_logits"):
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), atol=1e-4, err_msg=k)
+
+
+def test_launcher_rejects_a_key_of_another_task():
+    """A classification run has no ``qa.*`` / ``mlm.*`` / ``data.tokens_field`` keys: the launcher refuses them."""
+    from experiments.configs.finetune_classification import get_config
+    from experiments.launch import check_overrides
+    c = get_config("trec,runlocal,tiny")
+    check_overrides(["--config.label_smoothing=0.1"], c)  # classification's own key: fine
+    for key in ("qa.doc_stride=64", "mlm.rate=0.3", "data.tokens_field=words", "multilabel.default_threshold=0.3"):
+        with pytest.raises(SystemExit, match=f"unknown config key '{key.split('=')[0]}'"):
+            check_overrides([f"--config.{key}"], c)
