@@ -26,7 +26,7 @@ from jaxbert.data.pipeline import LabelMap, make_eval_batches, make_train_iterat
 from jaxbert.data.sources import JsonlSource
 from jaxbert.eval.metrics import accuracy_and_f1
 from jaxbert.objectives.classification import softmax_cross_entropy
-from jaxbert.tasks.base import Task, register, resolve_model_path  # noqa: F401  (resolve_model_path: old import path)
+from jaxbert.tasks.base import Task, register
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -1,6 +1,7 @@
 """Extractive question answering on SQuAD v1.1 / v2.0 JSON files, as a task for the training loop.
 
-Config keys read (defaults in ``experiments/configs/common.py``; recipe:
+Config keys read (engine defaults in ``experiments/configs/common.py``, this task's in
+:meth:`QuestionAnsweringTask.config_section`; recipe:
 ``experiments/configs/finetune_qa.py``)::
 
     model.init_from / model.preset / model.overrides    as for classification

@@ -1,6 +1,7 @@
 """Token classification (POS tagging, NER) from JSONL word/tag records, as a task for the training loop.
 
-Config keys read (defaults in ``experiments/configs/common.py``; recipe:
+Config keys read (engine defaults in ``experiments/configs/common.py``, this task's in
+:meth:`TokenClassificationTask.config_section`; recipe:
 ``experiments/configs/finetune_token_classification.py``)::
 
     model.init_from / model.preset / model.overrides    as for classification
