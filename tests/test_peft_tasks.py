@@ -261,3 +261,16 @@ def test_launcher_rejects_a_key_of_another_task():
     for key in ("qa.doc_stride=64", "mlm.rate=0.3", "data.tokens_field=words", "multilabel.default_threshold=0.3"):
         with pytest.raises(SystemExit, match=f"unknown config key '{key.split('=')[0]}'"):
             check_overrides([f"--config.{key}"], c)
+
+
+def test_prefix_on_m2_is_refused_naming_the_task():
+    """An architecture's own check (M2 has no attention keys for a prefix) surfaces as the task's PeftError."""
+    from jaxbert.models import registry
+    from jaxbert.tasks.classification import ClassificationTask
+
+    task = ClassificationTask.__new__(ClassificationTask)
+    task.model_config, _ = registry.get("m2-bert-tiny")
+    with pytest.raises(PeftError, match=r"task 'classification': peft.method='prefix' does not fit M2Config: "
+                                        r".*M2 has no attention"):
+        task.check_peft(peft.METHODS["prefix"](task.model_config))
+    task.check_peft(peft.METHODS["pfeiffer"](task.model_config))  # adapters fit M2's sites

@@ -261,6 +261,11 @@ class Task:
             raise PeftError(f"task {self.name!r}: peft.method={method.name!r} inserts modules at the encoder's "
                             f"extension sites, but {type(cfg).__name__} has none; use a method that only changes "
                             "weights (lora, bitfit, lightweight, dsee, hft)")
+        try:  # the architecture's own checks (e.g. M2 has no attention keys for a prefix)
+            dataclasses.replace(cfg, extensions=tuple(cfg.extensions) + exts)
+        except (ValueError, TypeError) as e:
+            raise PeftError(f"task {self.name!r}: peft.method={method.name!r} does not fit "
+                            f"{type(cfg).__name__}: {e}") from None
         if self.token_outputs and any(e.site == "embeddings" for e in exts):
             raise PeftError(f"task {self.name!r}: peft.method={method.name!r} inserts soft-prompt tokens into the "
                             "sequence, which would shift this task's per-token outputs (tags, answer spans, masked "
