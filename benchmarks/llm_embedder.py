@@ -140,6 +140,7 @@ def main():
     from jaxbert.objectives import grl, mntp
     from jaxbert.models.llm.pooling import llm_pool
     from jaxbert.objectives.llm_embedding import contrastive_loss
+    from jaxbert.tasks.llm_embedding import grl_forward
 
     doc_ids, corpus, test_q, qrels, train_pairs = load_data(args.docs, args.data)
     docs = [corpus[d] for d in doc_ids]
@@ -187,7 +188,10 @@ def main():
 
     with Timer() as t:
         mntp_params, mntp_losses = train_lora(model, base_params, cfg,
-                                              lambda p, b, r: mntp.mntp_loss_fn(p, model, b), mntp_batch,
+                                              lambda p, b, r: mntp.mntp_loss(model.apply(
+                                                  {"params": p}, b["input_ids"], b["attention_mask"],
+                                                  attention_mode="bidirectional", return_logits=True).logits,
+                                                  b["labels"]), mntp_batch,
                                               args.mntp_steps, 1e-4)
     timings["mntp_train"] = t.seconds
     run("c_mntp_bidirectional_mean", mntp_params, True, "mean")
@@ -235,7 +239,8 @@ def main():
     grl_model = LlmModel(cfg.replace(remat=True))
     with Timer() as t:
         grl_params, grl_losses = train_lora(grl_model, mntp_params, cfg,
-                                            lambda p, b, r: grl.grl_loss_fn(p, grl_model, b, temperature=0.05),
+                                            lambda p, b, r: grl.grl_loss(*grl_forward(p, grl_model, b), b["gen_ids"],
+                                                                         b["gen_target"], temperature=0.05),
                                             grl_batch, args.grl_steps, 2e-4)
     timings["grl_train"] = t.seconds
     run("e_mntp_grl", grl_params, True, "mean")

@@ -16,6 +16,7 @@ from jaxbert.models.llm.pooling import LLM_POOLINGS, canonical_pooling, instruct
 from jaxbert.objectives import grl, mntp
 from jaxbert.objectives.llm_embedding import (contrastive_loss, focal_weights, info_nce, mix_hard_negatives,
                                               normalize)
+from jaxbert.tasks.llm_embedding import grl_forward
 
 # ----------------------------------------------------------------------------- poolings
 
@@ -101,7 +102,7 @@ def test_mntp_mask_never_selects_pad_or_first_token(left):
     assert 0.7 < frac_mask_token < 0.9 and 0.35 < sel.sum() / ((mask == 1) & ~first & (ids != 7)).sum() < 0.65
 
 
-def test_mntp_loss_fn_runs_bidirectional_and_trains():
+def test_mntp_loss_on_bidirectional_logits_trains():
     import optax
 
     cfg = llm.preset("llama-tiny", num_hidden_layers=1)
@@ -117,7 +118,11 @@ def test_mntp_loss_fn_runs_bidirectional_and_trains():
 
     @jax.jit
     def step(p, s):
-        (loss, _), g = jax.value_and_grad(lambda p: mntp.mntp_loss_fn(p, model, batch), has_aux=True)(p)
+        def loss_fn(p):  # the task's forward (bidirectional, logits) + the pure loss on arrays
+            out = model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
+                              attention_mode="bidirectional", return_logits=True)
+            return mntp.mntp_loss(out.logits, batch["labels"])
+        (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s, loss
 
@@ -230,8 +235,8 @@ def test_grl_kl_gradient_flag_controls_gradient_into_the_encoder():
 
     def grad_of(p, kl, gen, part):
         def f(p):
-            loss, m = grl.grl_loss_fn(p, model, batch, gen_weight=0.0 if part == "kl" else 1.0, kl_gradient=kl,
-                                      gen_gradient=gen)
+            loss, m = grl.grl_loss(*grl_forward(p, model, batch), batch["gen_ids"], batch["gen_target"],
+                                   gen_weight=0.0 if part == "kl" else 1.0, kl_gradient=kl, gen_gradient=gen)
             # "kl": gen weight 0 and the contrastive part subtracted, what is left is the KL term.
             return {"kl": loss - m["contrastive_loss"], "total": loss, "con": m["contrastive_loss"]}[part], m
         (_, m), g = jax.value_and_grad(f, has_aux=True)(p)

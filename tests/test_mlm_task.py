@@ -133,7 +133,7 @@ def test_drbert_decoder_and_ngram_head_are_pretraining_only(tmp_path, pretrained
 
 
 def test_bprop_pairs_and_rop_loss(tmp_path, pretrained):
-    from jaxbert.objectives import bprop
+    from jaxbert.tasks import bprop
 
     export = str(pretrained[0] / "export")
     c = small_config(tmp_path, tokenizer=export, **{"bprop.enabled": True, "bprop.max_documents": 20,

@@ -41,7 +41,7 @@ def build(a):
     """The config of parsed arguments ``a`` (keys of :data:`ARGS`; ``peft.py`` builds on it)."""
     train, val, test, label_field, labels, max_len, epochs = DATASETS[a.dataset]
     root = data_dir()
-    c = base_config()
+    c = base_config("classification")
     c.task = "classification"
     c.model.init_from = "asset:minilm"
     c.data.train = str(root / train)

@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
             raise ValueError(f"{a.train!r} uses its own file for train and validation; got extra {a.dev!r}")
     else:
         train, dev = a.train, a.dev
-    c = base_config()
+    c = base_config("question_answering")
     c.task = "question_answering"
     c.model.init_from = "asset:minilm"
     c.data.train = train

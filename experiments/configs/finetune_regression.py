@@ -31,7 +31,7 @@ def get_config(arg: str | None = None):
     a = parse_arg(arg, ARGS, positional=("dataset",), choices={"dataset": DATASETS})
     text_field, pair_field, label_field, max_len, epochs = DATASETS[a.dataset]
     folder = derived_dataset(a.dataset)
-    c = base_config()
+    c = base_config("regression")
     c.task = "regression"
     c.model.init_from = "asset:minilm"
     c.data.train, c.data.validation, c.data.test = (str(folder / f"{s}.jsonl") for s in ("train", "validation", "test"))

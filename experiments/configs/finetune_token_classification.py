@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
     a = parse_arg(arg, ARGS, positional=("dataset",), choices={"dataset": DATASETS})
     train, val, test, labels, max_len, epochs = DATASETS[a.dataset]
     root = data_dir()
-    c = base_config()
+    c = base_config("token_classification")
     c.task = "token_classification"
     c.model.init_from = "asset:minilm"
     c.data.train = str(root / train)

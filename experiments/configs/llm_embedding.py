@@ -136,7 +136,7 @@ def get_config(arg: str | None = None):
     small, tiny = a.runlocal, a.tiny
     root = str(data_dir())
 
-    c = base_config()
+    c = base_config("llm_embedding")
     c.task = "llm_embedding"
     c.model.init_from = "asset:smollm2"
     c.model.preset = "smollm2-135m"

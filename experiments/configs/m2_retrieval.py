@@ -72,7 +72,7 @@ def get_config(arg: str | None = None):
     folder = bbc_long_retrieval()
     small = a.runlocal
 
-    c = base_config()
+    c = base_config("contrastive")
     c.task = "contrastive"
     c.model.init_from = None
     c.model.preset = SIZES[size]

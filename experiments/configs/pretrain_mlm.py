@@ -71,7 +71,7 @@ def get_config(arg: str | None = None):
 def build(a):
     """The config of parsed arguments ``a`` (keys of :data:`ARGS`; ``m2_pretrain.py`` builds on it)."""
     size, masking = a.size, a.masking
-    c = base_config()
+    c = base_config("mlm")
     c.task = "mlm"
     c.model.init_from = None
     c.model.preset = SIZES.get(size, size)

@@ -269,7 +269,7 @@ def get_config(arg: str | None = None):
     a = parse_arg(arg, ARGS, positional=("dataset",), choices={"dataset": DATASETS})
     name = a.dataset
     root = str(data_dir())
-    c = base_config()
+    c = base_config("contrastive")
     c.task = "contrastive"
     c.model.init_from = "asset:minilm"
     c.contrastive = contrastive_config()

@@ -14,13 +14,24 @@ Backbones that take extra inputs (the MoE embedder's ``domains``) receive them t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from jaxbert.objectives.contrastive import pair_features
 from jaxbert.models.pooling import pool
+
+PAIR_FEATURES = ("u", "v", "abs_diff", "mul")
+
+
+def pair_features(u: jax.Array, v: jax.Array, features: Sequence[str] = ("u", "v", "abs_diff")) -> jax.Array:
+    """SBERT's classifier input: concatenation of ``u``, ``v``, ``|u - v|``, ``u * v`` (as chosen)."""
+    unknown = [f for f in features if f not in PAIR_FEATURES]
+    if unknown or not features:
+        raise ValueError(f"pair features {list(features)} invalid; choose from {list(PAIR_FEATURES)}")
+    parts = {"u": lambda: u, "v": lambda: v, "abs_diff": lambda: jnp.abs(u - v), "mul": lambda: u * v}
+    return jnp.concatenate([parts[f]().astype(jnp.float32) for f in features], axis=-1)
 
 
 class SentenceEmbedder(nn.Module):

@@ -41,10 +41,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbert.models.embedder import PAIR_FEATURES, pair_features  # noqa: F401  (the classifier input)
+
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITION_MODES = ("joint", "per_direction")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
-PAIR_FEATURES = ("u", "v", "abs_diff", "mul")
 
 Sums = dict[str, jax.Array]
 
@@ -270,15 +271,6 @@ def cosine_similarity_loss(u: jax.Array, v: jax.Array, scores: jax.Array, weight
     """MSE between ``cos(u, v)`` and gold ``scores`` (in the cosine's range, e.g. 0-1)."""
     err = (pairwise_cos_sim(u, v) - scores.astype(jnp.float32)) ** 2
     return _mean_sums(err, weights)
-
-
-def pair_features(u: jax.Array, v: jax.Array, features: Sequence[str] = ("u", "v", "abs_diff")) -> jax.Array:
-    """SBERT's classifier input: concatenation of ``u``, ``v``, ``|u - v|``, ``u * v`` (as chosen)."""
-    unknown = [f for f in features if f not in PAIR_FEATURES]
-    if unknown or not features:
-        raise ValueError(f"pair features {list(features)} invalid; choose from {list(PAIR_FEATURES)}")
-    parts = {"u": lambda: u, "v": lambda: v, "abs_diff": lambda: jnp.abs(u - v), "mul": lambda: u * v}
-    return jnp.concatenate([parts[f]().astype(jnp.float32) for f in features], axis=-1)
 
 
 def softmax_pair_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array | None = None

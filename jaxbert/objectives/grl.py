@@ -29,12 +29,9 @@ the terms are still computed (and reported in the metrics and the returned loss 
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
-from jaxbert.models.llm.pooling import llm_pool
 from jaxbert.objectives.llm_embedding import contrastive_loss, normalize
 
 
@@ -62,42 +59,28 @@ def kl_gen_to_dual(gen_scores: jax.Array, dual_scores: jax.Array, temperature: f
     return jnp.mean(jnp.sum(p * (jnp.log(jnp.maximum(p, 1e-30)) - log_q), axis=-1))
 
 
-def grl_loss_fn(params: Any, model: Any, batch: dict[str, jax.Array], *, pooling: str = "mean",
-                temperature: float = 0.05, kl_temperature: float | None = None, gen_weight: float = 1.0,
-                kl_weight: float = 1.0, kl_gradient: bool = True, gen_gradient: bool = True,
-                focal_gamma: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The GRL loss of one batch; returns ``(loss, metrics)``.
+def grl_loss(q: jax.Array, d: jax.Array, gen_logits: jax.Array, gen_ids: jax.Array, gen_target: jax.Array, *,
+             temperature: float = 0.05, kl_temperature: float | None = None, gen_weight: float = 1.0,
+             kl_weight: float = 1.0, kl_gradient: bool = True, gen_gradient: bool = True,
+             focal_gamma: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The GRL loss of one batch from the model's outputs; returns ``(loss, metrics)``.
 
-    ``batch``:
-
-    * ``q_ids, q_mask [b, lq]`` (optional ``q_embed_mask``: instruction tokens 0),
-    * ``d_ids, d_mask [b, c, ld]``: candidate 0 is the positive, 1.. hard negatives (optional
-      ``d_embed_mask [b, c, ld]``: tokens left out of the pooled vector, e.g. BOS or an instruction),
-    * ``gen_ids, gen_mask, gen_target [b, c, lg]``: query followed by candidate ``c``, with
-      ``gen_target`` 1 on the candidate's tokens.
+    * ``q [b, e]``: pooled query embeddings (bidirectional mode),
+    * ``d [b, c, e]``: pooled candidate embeddings; candidate 0 is the positive, 1.. hard negatives,
+    * ``gen_logits [b, c, lg, vocab]``: causal-mode logits of "query followed by candidate ``c``",
+      ``gen_ids [b, c, lg]`` those rows' token ids and ``gen_target [b, c, lg]`` 1 on the
+      candidate's tokens (0 at position 0).
 
     ``kl_temperature`` defaults to ``temperature`` (ULLME uses the contrastive temperature).
     """
     kl_t = temperature if kl_temperature is None else kl_temperature
-    b, c, ld = batch["d_ids"].shape
-
-    def embed(ids, mask, embed_mask=None):
-        out = model.apply({"params": params}, ids, mask, attention_mode="bidirectional")
-        return llm_pool(out.last_hidden_state, mask, pooling, embed_mask)
-
-    q = embed(batch["q_ids"], batch["q_mask"], batch.get("q_embed_mask"))
-    d_embed = batch.get("d_embed_mask")
-    d = embed(batch["d_ids"].reshape(b * c, ld), batch["d_mask"].reshape(b * c, ld),
-              None if d_embed is None else d_embed.reshape(b * c, ld)).reshape(b, c, -1)
+    b, c, _ = d.shape
     con, metrics = contrastive_loss(q, d[:, 0], d[:, 1:] if c > 1 else None, temperature=temperature,
                                     focal_gamma=focal_gamma)
     dual = jnp.einsum("be,bce->bc", normalize(q), normalize(d))
-
-    lg = batch["gen_ids"].shape[-1]
-    gen_ids = batch["gen_ids"].reshape(b * c, lg)
-    out = model.apply({"params": params}, gen_ids, batch["gen_mask"].reshape(b * c, lg),
-                      attention_mode="causal", return_logits=True)
-    g = mean_target_log_prob(out.logits, gen_ids, batch["gen_target"].reshape(b * c, lg)).reshape(b, c)
+    lg = gen_ids.shape[-1]
+    g = mean_target_log_prob(gen_logits.reshape(b * c, lg, -1), gen_ids.reshape(b * c, lg),
+                             gen_target.reshape(b * c, lg)).reshape(b, c)
     gen = -jnp.mean(g[:, 0])
     kl = kl_gen_to_dual(g, dual, kl_t)
     gen_term = gen if gen_gradient else jax.lax.stop_gradient(gen)

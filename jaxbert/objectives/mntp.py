@@ -17,7 +17,8 @@ position with left padding) is never selected: no real position precedes it.
 
     ids, labels = mntp_mask(rng, input_ids, attention_mask, mask_token_id=tok.convert_tokens_to_ids("_"),
                             vocab_size=cfg.vocab_size)
-    loss, metrics = mntp_loss_fn(params, model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    logits = model.apply({"params": params}, ids, mask, attention_mode="bidirectional", return_logits=True).logits
+    loss, metrics = mntp_loss(logits, labels)
 """
 
 from __future__ import annotations
@@ -101,15 +102,3 @@ def mntp_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict[str
     loss = jnp.where(valid, ce, 0.0).sum() / denom
     acc = jnp.where(valid, jnp.argmax(logits, -1) == safe, False).sum() / denom
     return loss, {"loss": loss, "accuracy": acc, "num_masked": n}
-
-
-def mntp_loss_fn(params: Any, model: Any, batch: dict[str, Any], deterministic: bool = True,
-                 rngs: dict | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Forward :class:`~jaxbert.models.llm.LlmModel` in bidirectional mode and return :func:`mntp_loss`.
-
-    ``batch``: ``input_ids`` (corrupted), ``attention_mask``, ``labels``.
-    """
-    out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                      attention_mode="bidirectional", deterministic=deterministic, return_logits=True,
-                      rngs=rngs or {})
-    return mntp_loss(out.logits, batch["labels"])

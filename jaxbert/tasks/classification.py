@@ -16,34 +16,19 @@ Predictions are class ids; metrics are accuracy and macro-F1 over real (weight 1
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from jaxbert.convert import hf as hf_convert
 from jaxbert.data.pipeline import LabelMap, make_eval_batches, make_train_iterator
 from jaxbert.data.sources import JsonlSource
-from jaxbert.data.tokenization import check_vocab, load_tokenizer
 from jaxbert.eval.metrics import accuracy_and_f1
-from jaxbert.models import build_task_model, registry
 from jaxbert.objectives.classification import softmax_cross_entropy
-from jaxbert import peft as peft_lib
+from jaxbert.tasks.base import Task, register
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def resolve_model_path(init_from: str) -> Path:
-    """``"asset:NAME"`` -> the cached asset path (fetched on first use); anything else is a path."""
-    if init_from.startswith("asset:"):
-        from jaxbert import assets
-        return Path(assets.fetch(init_from.split(":", 1)[1]))
-    path = Path(os.path.expanduser(init_from))
-    if not path.exists():
-        raise FileNotFoundError(f"model.init_from={init_from!r}: directory {path} does not exist")
-    return path
 
 
 def _source(path: str | None, what: str) -> JsonlSource | None:
@@ -52,10 +37,17 @@ def _source(path: str | None, what: str) -> JsonlSource | None:
     return JsonlSource(os.path.expanduser(path))
 
 
-class ClassificationTask:
+@register("classification")
+class ClassificationTask(Task):
     """Builds the model, data and loss for fine-tuning a sequence classifier."""
 
-    name = "classification"
+    hf_task = "sequence_classification"
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        c = ml_collections.ConfigDict()
+        c.label_smoothing = 0.0
+        return c
 
     def __init__(self, config: Any):
         self.config = config
@@ -76,31 +68,10 @@ class ClassificationTask:
                     raise ValueError(f"{src.describe(i)}: no field {data.label_field!r} (has {sorted(record)})")
                 self.label_map.encode(record[data.label_field], where=src.describe(i))
 
-        overrides = {k: v for k, v in dict(config.model.overrides or {}).items() if v is not None}
-        if config.model.init_from:
-            self.model_dir = resolve_model_path(config.model.init_from)
-            pre = hf_convert.load_pretrained(self.model_dir, task="sequence_classification",
-                                             num_labels=self.label_map.num_classes, seed=config.seed, **overrides)
-            self.model, self.model_config, self.pretrained_params = pre.model, pre.config, pre.params
-            tok = config.data.get("tokenizer")
-            self.tokenizer = load_tokenizer(resolve_model_path(tok) if tok else self.model_dir)
-        else:
-            self.model_dir = None
-            cfg, backbone = registry.get(config.model.preset, **overrides)
-            self.model = build_task_model(cfg, backbone, "sequence_classification", self.label_map.num_classes)
-            self.model_config, self.pretrained_params = self.model.config, None
-            if not config.data.get("tokenizer"):
-                raise ValueError("data.tokenizer is required when model.init_from is None")
-            self.tokenizer = load_tokenizer(resolve_model_path(config.data.tokenizer))
-        check_vocab(self.tokenizer, self.model_config.vocab_size)
+        self.load_model_and_tokenizer(config, self.hf_task, self.label_map.num_classes)
         self.max_length = int(data.max_length)
         self.sample_input = {k: np.zeros((1, self.max_length), np.int32) for k in MODEL_INPUTS}
-        # PEFT (config.peft.method != 'none'): wrap the model, add the method's leaves to the params.
-        attached = peft_lib.attach(self.model, peft_lib.build(config.get("peft"), self.model_config, self.tokenizer),
-                                   self.pretrained_params, self.sample_input, seed=config.seed)
-        self.peft = None if attached is None else attached.model
-        if attached is not None:
-            self.model, self.pretrained_params = attached.model, attached.params
+        self.attach_peft(config)
 
     # -------------------------------------------------------------------- data
     def train_iterator(self, batch_size: int, seed: int):
@@ -145,13 +116,3 @@ class ClassificationTask:
     # -------------------------------------------------------------------- persistence
     def extra_state(self) -> dict[str, Any]:
         return {"label_map": self.label_map.to_dict()}
-
-    def export(self, params, path: str | os.PathLike) -> Path:
-        """HF directory that ``transformers.BertForSequenceClassification`` loads, with the tokenizer."""
-        id2label = {i: str(label) for i, label in enumerate(self.label_map.labels)}
-        if self.peft is not None:  # fold the PEFT update into plain weights (PeftError if impossible)
-            params = self.peft.merge(jax.device_get(params))
-        out = hf_convert.save_pretrained(path, jax.device_get(params), self.model_config,
-                                         task="sequence_classification", id2label=id2label)
-        self.tokenizer.save_pretrained(str(out))
-        return out

@@ -45,11 +45,11 @@ from jaxbert.compiler_options import compiler_options
 from jaxbert.data.pair_pipeline import PairFields, make_pair_iterator, read_pair_records
 from jaxbert.data.pipeline import LabelMap
 from jaxbert.data.sources import JsonlSource
-from jaxbert.data.tokenization import check_vocab, encode_batch, load_tokenizer
+from jaxbert.data.tokenization import encode_batch, load_tokenizer
 from jaxbert.eval import retrieval as retrieval_eval
 from jaxbert.models.embedder import SentenceEmbedder
 from jaxbert.objectives import contrastive as closs
-from jaxbert.tasks.classification import resolve_model_path
+from jaxbert.tasks.base import Task, register, resolve_model_path
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OBJECTIVES = ("mnrl", "ntxent", "cosent", "cosine", "softmax", "dse")
@@ -123,10 +123,9 @@ def embedding_eval_metrics(outputs: dict[str, np.ndarray], offsets: dict[str, in
     raise ValueError(f"eval row index {first} belongs to no eval set")
 
 
-class ContrastiveTask:
+@register("contrastive")
+class ContrastiveTask(Task):
     """Bi-encoder training on pairs (see the module docstring)."""
-
-    name = "contrastive"
 
     def __init__(self, config: Any):
         self.config = config
@@ -195,7 +194,6 @@ class ContrastiveTask:
         self.sample_input = {k: np.zeros((1, self.max_length), np.int32) for k in MODEL_INPUTS}
         if self.domains:
             self.sample_input["domains"] = np.zeros((1,), np.int32)
-        self.peft = None
         self.eval_sources = {}
         for split in config.eval_splits:
             spec = config.evals.get(split) if hasattr(config, "evals") else None
@@ -207,36 +205,39 @@ class ContrastiveTask:
         for split, s in self.eval_sources.items():
             self.eval_offsets[split] = off
             off += len(s)
+        self.attach_peft(config)
+
+    def check_peft(self, method) -> None:
+        """Soft prompts are refused (the pooling reads the un-prompted mask); MoE experts have no extension sites."""
+        from jaxbert.peft import PeftError
+        super().check_peft(method)
+        exts = tuple(method.extensions())
+        if self.domains and exts:
+            raise PeftError(f"task 'contrastive' with contrastive.domains (mixture-of-experts backbone): "
+                            f"peft.method={method.name!r} inserts modules, but the MoE blocks have no extension "
+                            "sites; use lora, bitfit, lightweight, dsee or hft")
+        if any(e.site == "embeddings" for e in exts):
+            raise PeftError(f"task 'contrastive': peft.method={method.name!r} inserts soft-prompt tokens, which the "
+                            "sentence pooling (over the input's attention mask) cannot see; use lora, an adapter, "
+                            "prefix, bitfit, lightweight, dsee or hft")
 
     # -------------------------------------------------------------------- model
     def _build_model(self, config: Any) -> None:
-        from jaxbert.convert import hf as hf_convert
-        from jaxbert.models import registry
-
         cc = config.contrastive
-        overrides = {k: v for k, v in dict(config.model.overrides or {}).items() if v is not None}
         pooling = _get(cc, "pooling")
         normalize = _get(cc, "normalize", True)
+        hf_dir = None
         if config.model.init_from:
-            self.model_dir = resolve_model_path(config.model.init_from)
-            hf_dir = self.model_dir
-            if (self.model_dir / "modules.json").is_file():
+            hf_dir = resolve_model_path(config.model.init_from)
+            if (hf_dir / "modules.json").is_file():  # a sentence-transformers directory
                 from jaxbert.models.pooling import read_st_pooling, st_transformer_dir
-                hf_dir = st_transformer_dir(self.model_dir)
                 if pooling is None:
-                    pooling = read_st_pooling(self.model_dir)[0]
-            pre = hf_convert.load_pretrained(hf_dir, task="base", seed=config.seed, **overrides)
-            cfg, backbone, encoder_params = pre.config, type(pre.model), pre.params
-            tok = config.data.get("tokenizer")
-            self.tokenizer = load_tokenizer(resolve_model_path(tok) if tok else hf_dir)
-        else:
-            self.model_dir = None
-            cfg, backbone = registry.get(config.model.preset, **overrides)
-            encoder_params = None
-            if not config.data.get("tokenizer"):
-                raise ValueError("data.tokenizer is required when model.init_from is None")
-            self.tokenizer = load_tokenizer(resolve_model_path(config.data.tokenizer))
-        check_vocab(self.tokenizer, cfg.vocab_size)
+                    pooling = read_st_pooling(hf_dir)[0]
+                hf_dir = st_transformer_dir(hf_dir)
+        loaded = self.load_model(config, "base", model_dir=hf_dir)
+        self.model_dir = resolve_model_path(config.model.init_from) if config.model.init_from else None
+        cfg, backbone, encoder_params = loaded.config, loaded.backbone, loaded.params
+        self.tokenizer = self.load_task_tokenizer(config, hf_dir, cfg.vocab_size)
         self.pooling = tuple([pooling] if isinstance(pooling, str) else (pooling or ("mean",)))
         self.normalize = bool(normalize)
         num_labels = 0
@@ -409,13 +410,12 @@ class ContrastiveTask:
         return {"objective": self.objective, "pooling": list(self.pooling),
                 "labels": self.label_map.to_dict() if self.label_map is not None else None}
 
-    def export(self, params, path: str | os.PathLike) -> Path:
+    def write_export(self, params, path: str | os.PathLike) -> Path:
         """A sentence-transformers directory (``SentenceTransformer(path)`` loads it; same embeddings).
 
         MoE embedders export one dense sentence-transformers model per domain (``path/<domain>``).
         """
         from jaxbert.convert.sentence_transformers import save_sentence_transformer
-        params = jax.device_get(params)
         if self.domains:
             from jaxbert.models import moe_embedder
             path = Path(path)
@@ -436,11 +436,10 @@ def write_teacher_logits(pairs_path: str | os.PathLike, teacher_dir: str | os.Pa
     """DSE step 1: score every ``(text, pair)`` record with a cross-encoder teacher (an HF
     sequence-classification directory, e.g. the ``cross_encoder`` config's export) and write the
     records with the teacher's logits in ``teacher_field`` (the student's regression targets)."""
-    from jaxbert.convert.hf import load_pretrained
     from jaxbert.data.pair_pipeline import write_jsonl
 
     src = JsonlSource(os.path.expanduser(pairs_path))
-    pre = load_pretrained(teacher_dir, task="sequence_classification")
+    pre = Task.load_checkpoint(teacher_dir, "sequence_classification")
     tok = load_tokenizer(teacher_dir)
 
     @jax.jit

@@ -15,8 +15,8 @@ Eval rows carry ``feature_index`` = the split's offset + the feature's position,
 ``eval_metrics`` knows which split and which feature every output row belongs to
 (:meth:`FeatureTask.split_rows`) even though the Trainer passes no split name.
 
-:func:`load_model` builds the task model from ``model.init_from`` (HF directory or
-``asset:NAME``) or a registry preset, plus the tokenizer, like the classification task.
+Model + tokenizer loading and PEFT come from :class:`jaxbert.tasks.base.Task`;
+:meth:`FeatureTask.config_section` holds the data keys these tasks share.
 """
 
 from __future__ import annotations
@@ -28,36 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import ml_collections
+from ml_collections import config_dict
+
 from jaxbert.compiler_options import compiler_options
-from jaxbert.convert import hf as hf_convert
 from jaxbert.data import feature_pipeline
-from jaxbert.data.tokenization import check_vocab, load_tokenizer
-from jaxbert.models import build_task_model, registry
-from jaxbert.tasks.classification import resolve_model_path
+from jaxbert.tasks.base import Task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def load_model(config: Any, hf_task: str, num_labels: int | None):
-    """``(model, model_config, pretrained_params or None, tokenizer, model_dir or None)``."""
-    overrides = {k: v for k, v in dict(config.model.overrides or {}).items() if v is not None}
-    if config.model.init_from:
-        model_dir = resolve_model_path(config.model.init_from)
-        pre = hf_convert.load_pretrained(model_dir, task=hf_task, num_labels=num_labels, seed=config.seed,
-                                         **overrides)
-        tok = config.data.get("tokenizer")
-        tokenizer = load_tokenizer(resolve_model_path(tok) if tok else model_dir)
-        model, model_config, params = pre.model, pre.config, pre.params
-    else:
-        model_dir = None
-        cfg, backbone = registry.get(config.model.preset, **overrides)
-        model = build_task_model(cfg, backbone, hf_task, num_labels)
-        model_config, params = model.config, None
-        if not config.data.get("tokenizer"):
-            raise ValueError("data.tokenizer is required when model.init_from is None")
-        tokenizer = load_tokenizer(resolve_model_path(config.data.tokenizer))
-    check_vocab(tokenizer, model_config.vocab_size)
-    return model, model_config, params, tokenizer, model_dir
 
 
 def subset_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
@@ -74,7 +52,7 @@ def splits_of(config: Any) -> list[str]:
     return [s for s in config.eval_splits if config.data.get(s)]
 
 
-class FeatureTask:
+class FeatureTask(Task):
     """Base class: training-loop plumbing over pre-tokenized features (see the module docstring)."""
 
     model: Any
@@ -85,8 +63,18 @@ class FeatureTask:
     seq_pad: dict
     pad_feature: dict
 
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        """``data.train_subset`` / ``train_subset_seed`` / ``group_by_length`` (every feature task)."""
+        c = ml_collections.ConfigDict()
+        c.data = ml_collections.ConfigDict()
+        c.data.train_subset = config_dict.placeholder(int)  # train on a seeded random subset of N records
+        c.data.train_subset_seed = 0
+        c.data.group_by_length = config_dict.placeholder(int)  # batches of similar length (G batches sorted together)
+        return c
+
     def _finish_init(self, config: Any) -> None:
-        """Call at the end of a subclass ``__init__``: offsets of eval splits, sample input."""
+        """Call at the end of a subclass ``__init__``: offsets of eval splits, sample input, PEFT."""
         self.config = config
         self.eval_offsets, offset = {}, 0
         for split, feats in self.eval_features.items():
@@ -94,6 +82,7 @@ class FeatureTask:
             offset += len(feats)
         self.sample_input = {k: np.zeros((1, self.max_length), np.int32) for k in MODEL_INPUTS}
         self._jit_predict = None
+        self.attach_peft(config)
 
     # -------------------------------------------------------------------- data
     @property
@@ -156,13 +145,6 @@ class FeatureTask:
         keep = merged["feature_index"] >= 0
         order = np.argsort(merged["feature_index"][keep], kind="stable")
         return {k: v[keep][order] for k, v in merged.items()}
-
-    # -------------------------------------------------------------------- persistence
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, extra: dict[str, Any]) -> None:
-        """Take back what :meth:`extra_state` saved (called when restoring for prediction)."""
 
 
 def pad_outputs(x, length: int, value=0):

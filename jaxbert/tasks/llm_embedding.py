@@ -64,6 +64,7 @@ from jaxbert.models.llm.pooling import canonical_pooling, llm_pool
 from jaxbert.objectives import grl as grl_lib
 from jaxbert.objectives import mntp as mntp_lib
 from jaxbert.objectives.llm_embedding import contrastive_loss, mix_hard_negatives, normalize
+from jaxbert.tasks.base import Task, register, resolve_model_path
 from jaxbert.tasks.contrastive import _get, embedding_eval_metrics
 from jaxbert.tasks.contrastive import load_eval_set as contrastive_load_eval_set
 
@@ -87,6 +88,31 @@ def load_eval_set(name: str, spec: Any):
     return contrastive_load_eval_set(name, spec)
 
 
+def grl_forward(params: Any, model: Any, batch: dict[str, Any], pooling: str = "mean"
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The model outputs GRL's loss (:func:`jaxbert.objectives.grl.grl_loss`) reads: ``(q [b, e], d [b, c, e],
+    gen_logits [b, c, lg, vocab])``.
+
+    ``batch``: ``q_ids, q_mask [b, lq]`` (optional ``q_embed_mask``), ``d_ids, d_mask [b, c, ld]``
+    (optional ``d_embed_mask``), pooled in bidirectional mode; ``gen_ids, gen_mask [b, c, lg]`` run
+    in causal mode.
+    """
+    b, c, ld = batch["d_ids"].shape
+
+    def embed(ids, mask, embed_mask=None):
+        out = model.apply({"params": params}, ids, mask, attention_mode="bidirectional")
+        return llm_pool(out.last_hidden_state, mask, pooling, embed_mask)
+
+    q = embed(batch["q_ids"], batch["q_mask"], batch.get("q_embed_mask"))
+    d_embed = batch.get("d_embed_mask")
+    d = embed(batch["d_ids"].reshape(b * c, ld), batch["d_mask"].reshape(b * c, ld),
+              None if d_embed is None else d_embed.reshape(b * c, ld)).reshape(b, c, -1)
+    lg = batch["gen_ids"].shape[-1]
+    out = model.apply({"params": params}, batch["gen_ids"].reshape(b * c, lg), batch["gen_mask"].reshape(b * c, lg),
+                      attention_mode="causal", return_logits=True)
+    return q, d, out.logits.reshape(b, c, lg, -1)
+
+
 class _Head:
     """The first ``n`` records of a source (``len`` / ``[i]`` / ``describe`` like :class:`JsonlSource`)."""
 
@@ -108,10 +134,9 @@ class _Head:
         return f"{self.source!r}[:{self.n}]"
 
 
-class LlmEmbeddingTask:
+@register("llm_embedding")
+class LlmEmbeddingTask(Task):
     """Train a decoder LLM as a text embedder (see the module docstring)."""
-
-    name = "llm_embedding"
 
     def __init__(self, config: Any):
         from jaxbert.models.llm.model import ATTENTION_MODES
@@ -225,10 +250,7 @@ class LlmEmbeddingTask:
 
     # -------------------------------------------------------------------- model
     def _build_model(self, config: Any) -> None:
-        from jaxbert import peft as peft_lib
-        from jaxbert.models.llm.hf import load_llm, load_llm_tokenizer
-        from jaxbert.models.llm import model as llm_lib
-        from jaxbert.tasks.classification import resolve_model_path
+        from jaxbert.models.llm.hf import load_llm_tokenizer
 
         raw = {k: v for k, v in dict(config.model.overrides or {}).items() if v is not None}
         bad = sorted(set(raw) - set(LLM_OVERRIDES))
@@ -240,8 +262,8 @@ class LlmEmbeddingTask:
             if tok_spec == "words":
                 raise ValueError("data.tokenizer='words' builds a tokenizer for a randomly initialised model; "
                                  f"model.init_from={config.model.init_from!r} brings its own (set data.tokenizer=None)")
-            self.model_path = resolve_model_path(config.model.init_from)
-            pre = load_llm(self.model_path, **overrides)
+            pre = self.load_model(config, "llm", overrides=overrides)
+            self.model_path = pre.model_dir
             cfg, params = pre.config, pre.params
             self.tokenizer = load_llm_tokenizer(self.model_path, cfg,
                                                 resolve_model_path(tok_spec) if tok_spec else None)
@@ -255,25 +277,21 @@ class LlmEmbeddingTask:
                 n = int(self.lc.word_vocab_size)
                 self.tokenizer = build_word_tokenizer(self._vocab_texts(), max_words=n)
                 vocab = -(-len(self.tokenizer) // 64) * 64
-                cfg = llm_lib.preset(config.model.preset, vocab_size=vocab, pad_token_id=0, bos_token_id=1,
-                                     eos_token_id=2, **overrides)
+                cfg = self.load_model(config, "llm", overrides={**overrides, "vocab_size": vocab, "pad_token_id": 0,
+                                                                "bos_token_id": 1, "eos_token_id": 2}).config
             else:
-                cfg = llm_lib.preset(config.model.preset, **overrides)
+                cfg = self.load_model(config, "llm", overrides=overrides).config
                 path = resolve_model_path(tok_spec)
                 self.tokenizer = load_llm_tokenizer(path, cfg, path)
         if max(self.max_length, self.eval_max_length) > cfg.max_position_embeddings:
             raise ValueError(f"data.max_length={self.max_length} / eval_max_length={self.eval_max_length} exceed "
                              f"the model's max_position_embeddings={cfg.max_position_embeddings}")
+        from jaxbert.models.llm.model import LlmModel
         self.model_config = cfg
-        self.base_model = llm_lib.LlmModel(cfg)
         L = self.max_length
         self.sample_input = {"input_ids": np.zeros((1, L), np.int32), "attention_mask": np.ones((1, L), np.int32)}
-        self.model, self.pretrained_params = self.base_model, params
-        attached = peft_lib.attach(self.base_model, peft_lib.build(config.get("peft"), cfg, self.tokenizer),
-                                   params, self.sample_input, seed=config.seed)
-        self.peft = None if attached is None else attached.model
-        if attached is not None:
-            self.model, self.pretrained_params = attached.model, attached.params
+        self.model, self.pretrained_params = LlmModel(cfg), params
+        self.attach_peft(config)
         self.mask_token_id = mntp_lib.default_mask_token_id(self.tokenizer)
         # random replacements of MNTP come from the tokenizer's ids (an embedding table padded to a
         # multiple of 64 has rows no text ever uses)
@@ -401,7 +419,10 @@ class LlmEmbeddingTask:
         """The objective's loss; ``sums`` holds ``loss``/``accuracy`` numerators, ``weight`` and mean extras."""
         if self.objective == "mntp":
             rngs = None if deterministic or rng is None else {"dropout": rng}
-            loss, m = mntp_lib.mntp_loss_fn(params, self.model, batch, deterministic=rngs is None, rngs=rngs)
+            out = self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                                   attention_mode="bidirectional", deterministic=rngs is None, return_logits=True,
+                                   rngs=rngs or {})
+            loss, m = mntp_lib.mntp_loss(out.logits, batch["labels"])
             n = m["num_masked"].astype(jnp.float32)
             return loss, {"loss": loss * n, "accuracy": m["accuracy"] * n, "weight": n}
         ids, mask, embed = batch["input_ids"], batch["attention_mask"], batch["embed_mask"]
@@ -413,11 +434,12 @@ class LlmEmbeddingTask:
                   "d_ids": ids[:, 1:], "d_mask": mask[:, 1:], "d_embed_mask": embed[:, 1:],
                   "gen_ids": batch["gen_ids"], "gen_mask": batch["gen_mask"], "gen_target": batch["gen_target"]}
             kl_t = _get(g, "kl_temperature")
-            loss, m = grl_lib.grl_loss_fn(params, self.model, gb, pooling=self.pooling, temperature=self.temperature,
-                                          kl_temperature=None if kl_t is None else float(kl_t),
-                                          gen_weight=float(g.gen_weight), kl_weight=float(g.kl_weight),
-                                          kl_gradient=bool(g.kl_gradient), gen_gradient=bool(g.gen_gradient),
-                                          focal_gamma=float(lc.focal_gamma))
+            loss, m = grl_lib.grl_loss(*grl_forward(params, self.model, gb, self.pooling), gb["gen_ids"],
+                                       gb["gen_target"], temperature=self.temperature,
+                                       kl_temperature=None if kl_t is None else float(kl_t),
+                                       gen_weight=float(g.gen_weight), kl_weight=float(g.kl_weight),
+                                       kl_gradient=bool(g.kl_gradient), gen_gradient=bool(g.gen_gradient),
+                                       focal_gamma=float(lc.focal_gamma))
             acc = m.pop("dual_accuracy")
             m.pop("loss")
         else:
@@ -449,12 +471,6 @@ class LlmEmbeddingTask:
         return embedding_eval_metrics(outputs, self.eval_offsets, self.eval_sources)
 
     # -------------------------------------------------------------------- persistence
-    def merged_params(self, params) -> Any:
-        """Plain :class:`~jaxbert.models.llm.LlmModel` params (PEFT updates folded in), on the host."""
-        from flax import linen as nn
-        params = nn.unbox(jax.device_get(params))
-        return self.peft.merge(params) if self.peft is not None else params
-
     def embedding_settings(self) -> dict[str, Any]:
         """What the export records under :data:`EMBEDDING_KEY` in ``config.json``."""
         return {"pooling": self.pooling, "attention_mode": self.attention_mode, "add_eos": self.add_eos,
@@ -472,10 +488,10 @@ class LlmEmbeddingTask:
         return {"objective": self.objective, "pooling": self.pooling, "attention_mode": self.attention_mode,
                 "tokenizer_size": len(self.tokenizer)}
 
-    def export(self, params, path: str | os.PathLike) -> Path:
+    def write_export(self, params, path: str | os.PathLike) -> Path:
         """HF Llama/Qwen2 directory + tokenizer + embedding settings (see the module docstring)."""
         from jaxbert.models.llm.hf import save_llm_pretrained
-        out = save_llm_pretrained(path, self.merged_params(params), self.model_config,
+        out = save_llm_pretrained(path, params, self.model_config,
                                   extra_config={EMBEDDING_KEY: self.embedding_settings()})
         self.tokenizer.save_pretrained(str(out))
         return out

@@ -5,7 +5,7 @@ Generic over the registry's backbones: any module that takes BertModel's call si
 ``word_embedding_table()`` trains here. Packing additionally needs a ``segment_ids=`` keyword
 (BertModel has it); with ``mlm.packing=False`` it is never passed.
 
-Config keys read (defaults in ``experiments/configs/common.py``, recipes in
+Config keys read (defaults in :meth:`MaskedLMTask.config_section`, recipes in
 ``experiments/configs/pretrain_mlm.py``)::
 
     model.preset / model.overrides      architecture (vocab_size is set from the tokenizer)
@@ -41,15 +41,18 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+import ml_collections
+from ml_collections import config_dict
+
 from jaxbert.convert import hf as hf_convert
 from jaxbert.data import masking as masking_lib
 from jaxbert.data.mlm_pipeline import build_rows, make_mlm_eval_batches, make_mlm_train_iterator
 from jaxbert.data.sources import JsonlSource
 from jaxbert.data.tokenization import (check_vocab, load_tokenizer, round_vocab_size, tokenize_with_words,
                                        tokenizer_vocab_size, train_tokenizer)
-from jaxbert.models import registry
-from jaxbert.models.mlm_decoders import DecoderConfig, EncoderForPretraining, split_pretraining_params
+from jaxbert.models.mlm_decoders import PRETRAINING_ONLY, DecoderConfig, EncoderForPretraining, split_pretraining_params
 from jaxbert.objectives.mlm import masked_lm_loss, pairwise_hinge_loss
+from jaxbert.tasks.base import Task, model_overrides, register, resolve_model_path
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids",
               "masked_positions", "masked_offsets", "ngram_positions")
@@ -116,10 +119,19 @@ def _supports_segments(backbone: Any) -> bool:
         return False
 
 
-class MaskedLMTask:
+@register("mlm")
+class MaskedLMTask(Task):
     """Builds tokenizer, packed rows, masker, pretraining model and losses for MLM."""
 
-    name = "mlm"
+    hf_task = "mlm"
+    token_outputs = True
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        """The ``mlm`` section (see jaxbert/data/masking.py for the masking keys)."""
+        c = ml_collections.ConfigDict()
+        c.mlm = mlm_config()
+        return c
 
     def __init__(self, config: Any):
         self.config = config
@@ -131,14 +143,9 @@ class MaskedLMTask:
         docs = load_documents(config)
 
         # ---------------------------------------------------------------- tokenizer
-        overrides = {k: v for k, v in dict(config.model.overrides or {}).items() if v is not None}
-        tok_dir = d.get("tokenizer")
-        if tok_dir:
-            from jaxbert.tasks.classification import resolve_model_path
-            self.tokenizer = load_tokenizer(resolve_model_path(tok_dir))
-        elif config.model.init_from:
-            from jaxbert.tasks.classification import resolve_model_path
-            self.tokenizer = load_tokenizer(resolve_model_path(config.model.init_from))
+        if d.get("tokenizer") or config.model.init_from:
+            self.tokenizer = self.load_task_tokenizer(
+                config, resolve_model_path(config.model.init_from) if config.model.init_from else None)
         else:
             t = m.tokenizer
             out_dir = t.get("out_dir") or tempfile.mkdtemp(prefix="jaxbert_tokenizer_")
@@ -191,18 +198,16 @@ class MaskedLMTask:
                                      output_mix_prob=float(dec.output_mix_prob))
         self.rop = bool(m.bprop.enabled)
         if config.model.init_from:
-            from jaxbert.tasks.classification import resolve_model_path
-            pre = hf_convert.load_pretrained(resolve_model_path(config.model.init_from), task="mlm",
-                                             seed=config.seed, **overrides)
-            cfg, backbone = pre.config, hf_convert.architecture_for(pre.hf_config).backbone
-            loaded = pre.params
+            pre = self.load_model(config, self.hf_task)
         else:
             vocab = round_vocab_size(tokenizer_vocab_size(tok), int(m.vocab_multiple))
-            cfg, backbone = registry.get(config.model.preset, vocab_size=vocab, **overrides)
+            pre = self.load_model(config, self.hf_task, overrides={"vocab_size": vocab})
+        cfg, backbone, loaded = pre.config, pre.backbone, pre.params
+        if loaded is None:
             pad = tok.pad_token_id
-            if pad is not None and getattr(cfg, "pad_token_id", pad) != pad and "pad_token_id" not in overrides:
+            if pad is not None and getattr(cfg, "pad_token_id", pad) != pad and \
+                    "pad_token_id" not in model_overrides(config):
                 cfg = cfg.replace(pad_token_id=pad)  # a preset's pad id (e.g. ModernBERT's 50283) means nothing here
-            loaded = None
         if getattr(cfg, "add_pooling_layer", False):
             cfg = cfg.replace(add_pooling_layer=False)
         if self.max_length > getattr(cfg, "max_position_embeddings", self.max_length):
@@ -239,12 +244,29 @@ class MaskedLMTask:
         # ---------------------------------------------------------------- B-PROP
         self.rop_pairs = None
         if self.rop:
-            from jaxbert.objectives import bprop
+            from jaxbert.tasks import bprop
             self.rop_pairs = bprop.build_rop_pairs_for_task(self, docs["train"])
 
         self.train_source = self.rows["train"]["input_ids"]  # len() = rows per epoch (the loop's epoch size)
         self.eval_sources = {s: self.rows[s] for s in ("validation", "test")
                              if s in self.rows and s in config.eval_splits}
+        self.attach_peft(config)
+
+    def check_peft(self, method) -> None:
+        """Soft prompts refused (per-token outputs); the fresh pretraining heads must be trainable."""
+        from jaxbert.peft import PeftError
+        super().check_peft(method)
+        fresh = sorted(k for k in self.fresh_heads() if not method.is_head(f"{k}/"))
+        if fresh:
+            raise PeftError(f"task 'mlm': peft.method={method.name!r} would freeze the freshly initialised "
+                            f"pretraining head(s) {fresh} (mlm.decoder / mlm.ngram / mlm.bprop); add them to "
+                            f"peft.head_regex (now {method.head_regex!r}), e.g. "
+                            f"'^({'|'.join(fresh)}|classifier|qa_head|encoder/pooler)/'")
+
+    def fresh_heads(self) -> list[str]:
+        """Top-level param names of the pretraining-only heads this model has (freshly initialised)."""
+        shapes = jax.eval_shape(lambda r: self.base_model.init(r, **self.sample_input), jax.random.key(0))["params"]
+        return [k for k in shapes if k in PRETRAINING_ONLY]
 
     # -------------------------------------------------------------------- masking
     def _masker(self, strategy: str, spec: masking_lib.MaskingSpec):
@@ -261,7 +283,7 @@ class MaskedLMTask:
                                      num_predictions=self.num_predictions, packed=self.packed,
                                      with_ngrams=self.with_ngrams)
         if self.rop_pairs is not None:
-            from jaxbert.objectives import bprop
+            from jaxbert.tasks import bprop
             return bprop.RopAugmentedIterator(it, self.rop_pairs, seed)
         return it
 
@@ -334,7 +356,7 @@ class MaskedLMTask:
                         "num_predictions": self.num_predictions,
                         "lexicon_size": len(self.lexicon) if self.lexicon else 0}}
 
-    def export(self, params, path: str | os.PathLike) -> Path:
+    def write_export(self, params, path: str | os.PathLike) -> Path:
         """HF ``BertForMaskedLM`` directory + tokenizer; pretraining-only heads are dropped.
 
         BERT and M2 exports also get a freshly initialised pooler (MLM never trains it), so
@@ -342,7 +364,6 @@ class MaskedLMTask:
         tokenizer is written inside the same atomic directory swap as the weights.
         Backbones without an HF key table are saved as ``params.msgpack`` + ``config.json``.
         """
-        params = jax.device_get(nn.unbox(params))
         keep, dropped = split_pretraining_params(dict(params))
         cfg = self.model_config
         note = {"masking": self.config.mlm.masking, "rate": float(self.config.mlm.rate),
@@ -372,3 +393,51 @@ class MaskedLMTask:
         if self.lexicon is not None:
             self.lexicon.save(out / "ngram_lexicon.json")
         return out
+
+
+def mlm_config() -> ml_collections.ConfigDict:
+    """Keys of the ``mlm`` task (see jaxbert/tasks/mlm.py and jaxbert/data/masking.py)."""
+    m = ml_collections.ConfigDict()
+    m.masking = "random"  # random | whole_word | span | ngram | mixture
+    m.rate = 0.15  # fraction of maskable tokens predicted (MosaicBERT: 0.30)
+    m.mask_prob = 0.8  # of the chosen units: [MASK] / random token / unchanged = 0.8 / 0.1 / 0.1
+    m.random_prob = 0.1
+    m.span_p = 0.2  # SpanBERT: span length in words ~ Geometric(p) clipped at span_max
+    m.span_max = 10
+    m.mixture = ()  # masking="mixture": (("whole_word", 0.5), ("span", 0.5))
+    m.eval_masking = config_dict.placeholder(str)  # held-out masking (None: same as training)
+    m.eval_rate = config_dict.placeholder(float)  # held-out rate (None: same as training)
+    m.eval_seed = 1234  # held-out masks are fixed, so numbers compare across steps and runs
+    m.packing = True  # several documents per row, attention kept within each (segment ids)
+    m.id_field = config_dict.placeholder(str)  # record field matched against the held-out ids
+    m.validation_ids = ()
+    m.test_ids = ()
+    m.max_documents = config_dict.placeholder(int)  # cap on train documents (smoke runs)
+    m.vocab_multiple = 64  # model vocab_size = tokenizer size rounded up to this multiple
+    m.tokenizer = ml_collections.ConfigDict()  # used when data.tokenizer and model.init_from are None
+    m.tokenizer.model = "wordpiece"  # wordpiece | bpe | unigram
+    m.tokenizer.vocab_size = 8192
+    m.tokenizer.lowercase = True
+    m.tokenizer.min_frequency = 2
+    m.tokenizer.out_dir = config_dict.placeholder(str)  # None: a temporary directory (exported anyway)
+    m.ngram = ml_collections.ConfigDict()  # ERNIE-Gram explicit n-gram masking
+    m.ngram.max_n = 3
+    m.ngram.min_count = 5
+    m.ngram.lexicon_size = 5000
+    m.ngram.method = "tscore"  # tscore | pmi
+    m.ngram.max_tokens = 6  # longest n-gram (in tokens) collapsed into one [MASK]
+    m.ngram.loss_weight = 1.0
+    m.decoder = ml_collections.ConfigDict()  # DrBERT MLM decoder (pretraining only)
+    m.decoder.kind = "none"  # none | blocks | gua
+    m.decoder.num_layers = 2
+    m.decoder.output_mix_prob = 0.0
+    m.bprop = ml_collections.ConfigDict()  # B-PROP representative-words prediction
+    m.bprop.enabled = False
+    m.bprop.weight = 1.0
+    m.bprop.teacher = config_dict.placeholder(str)  # HF dir of the bootstrapping BERT (None: model.init_from)
+    m.bprop.pairs_per_document = 2
+    m.bprop.set_size_mean = 3.0  # Poisson mean of the word-set size
+    m.bprop.temperature = 1.0
+    m.bprop.max_length = 128
+    m.bprop.max_documents = 2000  # documents (rows) the teacher reads to build pairs
+    return m

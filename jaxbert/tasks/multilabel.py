@@ -23,18 +23,19 @@ at the fixed 0.5 threshold (``micro_f1@0.5``, ``macro_f1@0.5``), and ``loss``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxbert.convert import hf as hf_convert
+import ml_collections
+
 from jaxbert.data.pipeline import LabelMap
 from jaxbert.data.sources import JsonlSource, describe_record
 from jaxbert.eval.multilabel import apply_thresholds, multilabel_scores, tune_thresholds
 from jaxbert.objectives.classification import sigmoid_cross_entropy
-from jaxbert.tasks.feature_task import FeatureTask, load_model, splits_of, subset_indices, text_features
+from jaxbert.tasks.base import register
+from jaxbert.tasks.feature_task import FeatureTask, splits_of, subset_indices, text_features
 
 
 def _label_list(source: Any, i: int, field: str) -> list:
@@ -58,10 +59,19 @@ def multi_hot(source: Any, label_map: LabelMap, indices: list[int] | None = None
     return out
 
 
+@register("multilabel")
 class MultiLabelTask(FeatureTask):
     """Sigmoid multi-label classifier with per-label thresholds tuned on validation."""
 
-    name = "multilabel"
+    hf_task = "sequence_classification"
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        c = super().config_section()
+        c.multilabel = ml_collections.ConfigDict()
+        c.multilabel.tune_thresholds = True  # per-label thresholds tuned on the validation split
+        c.multilabel.default_threshold = 0.5
+        return c
 
     def __init__(self, config: Any):
         d = config.data
@@ -80,8 +90,7 @@ class MultiLabelTask(FeatureTask):
         self.thresholds = np.full(len(labels), float(ml.get("default_threshold", 0.5)))
         self.thresholds_tuned = False
 
-        self.model, self.model_config, self.pretrained_params, self.tokenizer, self.model_dir = load_model(
-            config, "sequence_classification", len(labels))
+        self.load_model_and_tokenizer(config, self.hf_task, len(labels))
         self.max_length = int(d.max_length)
         enc = lambda src, idx=None: text_features(src, self.tokenizer, max_length=self.max_length,  # noqa: E731
                                                   text_field=d.text_field, pair_field=d.pair_field, indices=idx)
@@ -155,12 +164,7 @@ class MultiLabelTask(FeatureTask):
         self.thresholds = np.asarray(extra["thresholds"], np.float64)
         self.thresholds_tuned = bool(extra.get("thresholds_tuned", False))
 
-    def export(self, params, path: str | os.PathLike) -> Path:
-        """HF ``BertForSequenceClassification`` (problem_type multi_label_classification) + tokenizer."""
-        id2label = {i: str(label) for i, label in enumerate(self.label_map.labels)}
-        out = hf_convert.save_pretrained(
-            path, jax.device_get(params), self.model_config, task="sequence_classification", id2label=id2label,
-            extra_config={"problem_type": "multi_label_classification",
-                          "jaxbert_thresholds": [float(t) for t in self.thresholds]})
-        self.tokenizer.save_pretrained(str(out))
-        return out
+    def export_extra_config(self) -> dict[str, Any]:
+        """HF ``BertForSequenceClassification`` with problem_type multi_label_classification + thresholds."""
+        return {"problem_type": "multi_label_classification",
+                "jaxbert_thresholds": [float(t) for t in self.thresholds]}

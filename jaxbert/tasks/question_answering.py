@@ -1,6 +1,7 @@
 """Extractive question answering on SQuAD v1.1 / v2.0 JSON files, as a task for the training loop.
 
-Config keys read (defaults in ``experiments/configs/common.py``; recipe:
+Config keys read (engine defaults in ``experiments/configs/common.py``, this task's in
+:meth:`QuestionAnsweringTask.config_section`; recipe:
 ``experiments/configs/finetune_qa.py``)::
 
     model.init_from / model.preset / model.overrides    as for classification
@@ -26,17 +27,18 @@ breakdown, and ``loss`` (mean of start/end cross-entropy per window).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from jaxbert.convert import hf as hf_convert
+import ml_collections
+from ml_collections import config_dict
+
 from jaxbert.data.qa_pipeline import QAExample, QAFeatures, SquadFile, build_qa_features, read_squad
 from jaxbert.eval.squad import squad_scores
 from jaxbert.objectives.token_span import mask_padding, span_cross_entropy
-from jaxbert.tasks.feature_task import FeatureTask, load_model, pad_outputs, splits_of, subset_indices
+from jaxbert.tasks.base import register
+from jaxbert.tasks.feature_task import FeatureTask, pad_outputs, splits_of, subset_indices
 
 
 def best_span(start: np.ndarray, end: np.ndarray, in_context: np.ndarray, max_answer_length: int
@@ -96,10 +98,24 @@ def decode_answers(qa: QAFeatures, start_logits: np.ndarray, end_logits: np.ndar
     return out
 
 
+@register("question_answering")
 class QuestionAnsweringTask(FeatureTask):
     """Builds the model, window features, span loss and SQuAD metrics."""
 
-    name = "question_answering"
+    hf_task = "question_answering"
+    token_outputs = True
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        c = super().config_section()
+        c.qa = ml_collections.ConfigDict()  # extractive QA (SQuAD JSON)
+        c.qa.doc_stride = 128  # overlap in tokens between windows of a long context (HF run_qa convention)
+        c.qa.max_query_length = 64
+        c.qa.max_answer_length = 30
+        c.qa.version_2_with_negative = config_dict.placeholder(bool)  # None: on if a file has is_impossible
+        c.qa.null_score_diff_threshold = 0.0
+        c.qa.answer_mismatch = "error"  # error | nearest | skip (answer text not at answer_start)
+        return c
 
     def __init__(self, config: Any):
         d, q = config.data, config.qa
@@ -123,8 +139,7 @@ class QuestionAnsweringTask(FeatureTask):
         if self.max_answer_length < 1:
             raise ValueError(f"qa.max_answer_length must be >= 1, got {self.max_answer_length}")
 
-        self.model, self.model_config, self.pretrained_params, self.tokenizer, self.model_dir = load_model(
-            config, "question_answering", None)
+        self.load_model_and_tokenizer(config, self.hf_task)
         self.max_length = int(d.max_length)
         examples = self.train_file.examples
         idx = subset_indices(len(examples), d.get("train_subset"), d.get("train_subset_seed", 0))
@@ -198,9 +213,3 @@ class QuestionAnsweringTask(FeatureTask):
         saved = extra.get("qa", {})
         self.version_2 = bool(saved.get("version_2_with_negative", self.version_2))
         self.null_threshold = float(saved.get("null_score_diff_threshold", self.null_threshold))
-
-    def export(self, params, path: str | os.PathLike) -> Path:
-        """HF directory that ``transformers.BertForQuestionAnswering`` loads, with the tokenizer."""
-        out = hf_convert.save_pretrained(path, jax.device_get(params), self.model_config, task="question_answering")
-        self.tokenizer.save_pretrained(str(out))
-        return out

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxbert.convert import hf as hf_convert
 from jaxbert.data.sources import JsonlSource, describe_record
 from jaxbert.eval.regression import regression_scores
 from jaxbert.objectives.classification import mean_squared_error
-from jaxbert.tasks.feature_task import FeatureTask, load_model, splits_of, subset_indices, text_features
+from jaxbert.tasks.base import register
+from jaxbert.tasks.feature_task import FeatureTask, splits_of, subset_indices, text_features
 
 
 def read_targets(source: Any, field: str, indices: list[int] | None = None) -> np.ndarray:
@@ -47,18 +46,18 @@ def read_targets(source: Any, field: str, indices: list[int] | None = None) -> n
     return out
 
 
+@register("regression")
 class RegressionTask(FeatureTask):
     """A one-output head trained with MSE on standardised targets."""
 
-    name = "regression"
+    hf_task = "sequence_classification"
 
     def __init__(self, config: Any):
         d = config.data
         if not d.train:
             raise ValueError("data.train is required for regression")
         train = JsonlSource(os.path.expanduser(d.train))
-        self.model, self.model_config, self.pretrained_params, self.tokenizer, self.model_dir = load_model(
-            config, "sequence_classification", 1)
+        self.load_model_and_tokenizer(config, self.hf_task, 1)
         self.max_length = int(d.max_length)
         enc = lambda src, idx=None: text_features(src, self.tokenizer, max_length=self.max_length,  # noqa: E731
                                                   text_field=d.text_field, pair_field=d.pair_field, indices=idx)
@@ -121,7 +120,7 @@ class RegressionTask(FeatureTask):
     def load_extra_state(self, extra: dict[str, Any]) -> None:
         self.mean, self.std = float(extra["target_mean"]), float(extra["target_std"])
 
-    def export_params(self, params) -> dict:
+    def prepare_export_params(self, params) -> dict:
         """Params whose head outputs original units: ``kernel * std``, ``bias * std + mean``."""
         params = jax.device_get(params)
         head = params["classifier"]["out"]
@@ -129,10 +128,9 @@ class RegressionTask(FeatureTask):
                     "bias": np.asarray(head["bias"]) * self.std + self.mean}
         return {**params, "classifier": {**params["classifier"], "out": new_head}}
 
-    def export(self, params, path: str | os.PathLike) -> Path:
-        """HF ``BertForSequenceClassification`` (num_labels 1, problem_type regression) + tokenizer."""
-        out = hf_convert.save_pretrained(path, self.export_params(params), self.model_config,
-                                         task="sequence_classification", id2label={0: "score"},
-                                         extra_config={"problem_type": "regression"})
-        self.tokenizer.save_pretrained(str(out))
-        return out
+    def export_id2label(self) -> dict[int, str]:
+        return {0: "score"}
+
+    def export_extra_config(self) -> dict[str, Any]:
+        """HF ``BertForSequenceClassification`` (num_labels 1, problem_type regression)."""
+        return {"problem_type": "regression"}

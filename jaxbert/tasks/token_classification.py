@@ -1,6 +1,7 @@
 """Token classification (POS tagging, NER) from JSONL word/tag records, as a task for the training loop.
 
-Config keys read (defaults in ``experiments/configs/common.py``; recipe:
+Config keys read (engine defaults in ``experiments/configs/common.py``, this task's in
+:meth:`TokenClassificationTask.config_section`; recipe:
 ``experiments/configs/finetune_token_classification.py``)::
 
     model.init_from / model.preset / model.overrides    as for classification
@@ -24,21 +25,21 @@ is per labelled piece. :meth:`TokenClassificationTask.predict_words` returns tag
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbert.convert import hf as hf_convert
+import ml_collections
+
 from jaxbert.data.pipeline import LabelMap
 from jaxbert.data.sources import JsonlSource, describe_record
 from jaxbert.data.token_pipeline import IGNORE, TokenFeatures, build_token_features, read_words
 from jaxbert.eval import seqeval
 from jaxbert.eval.metrics import accuracy_and_f1
 from jaxbert.objectives.token_span import token_cross_entropy
-from jaxbert.tasks.feature_task import FeatureTask, load_model, pad_outputs, splits_of, subset_indices
+from jaxbert.tasks.base import register
+from jaxbert.tasks.feature_task import FeatureTask, pad_outputs, splits_of, subset_indices
 
 
 def infer_tag_set(source: Any, tokens_field: str, tags_field: str) -> list[str]:
@@ -56,10 +57,22 @@ def infer_tag_set(source: Any, tokens_field: str, tags_field: str) -> list[str]:
     return sorted(tags, key=lambda x: (isinstance(x, str), x))
 
 
+@register("token_classification")
 class TokenClassificationTask(FeatureTask):
     """Builds the model, word-piece features and the token-level loss/metrics."""
 
-    name = "token_classification"
+    hf_task = "token_classification"
+    token_outputs = True
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        c = super().config_section()
+        c.data.tokens_field = "tokens"  # words ...
+        c.data.tags_field = "tags"  # ... and one tag per word
+        c.data.label_alignment = "first"  # "first" piece of each word labelled | "all" pieces
+        c.data.tag_scheme = "auto"  # auto | none (plain tags, POS) | bio | bioes
+        c.data.strict_spans = False  # seqeval strict mode for span P/R/F1
+        return c
 
     def __init__(self, config: Any):
         d = config.data
@@ -75,8 +88,7 @@ class TokenClassificationTask(FeatureTask):
         seqeval.check_scheme(labels, self.scheme)
         self.strict = bool(d.get("strict_spans", False))
 
-        self.model, self.model_config, self.pretrained_params, self.tokenizer, self.model_dir = load_model(
-            config, "token_classification", self.label_map.num_classes)
+        self.load_model_and_tokenizer(config, self.hf_task, self.label_map.num_classes)
         self.max_length = int(d.max_length)
         build = lambda src, idx=None: build_token_features(  # noqa: E731
             src, self.tokenizer, max_length=self.max_length, label_map=self.label_map,
@@ -158,11 +170,3 @@ class TokenClassificationTask(FeatureTask):
         if saved != self.label_map:
             raise ValueError(f"checkpoint label set {list(saved.labels)} differs from this config's "
                              f"{list(self.label_map.labels)}")
-
-    def export(self, params, path: str | os.PathLike) -> Path:
-        """HF directory that ``transformers.BertForTokenClassification`` loads, with the tokenizer."""
-        id2label = {i: str(label) for i, label in enumerate(self.label_map.labels)}
-        out = hf_convert.save_pretrained(path, jax.device_get(params), self.model_config,
-                                         task="token_classification", id2label=id2label)
-        self.tokenizer.save_pretrained(str(out))
-        return out

@@ -30,7 +30,7 @@ import flax.linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxbert.compiler_options import compiler_options
-from jaxbert.tasks import get_task
+from jaxbert.tasks import TaskProtocol, get_task
 from jaxbert.train import mesh as mesh_lib
 from jaxbert.train import optim as optim_lib
 from jaxbert.train.checkpoint import Checkpointer, PreemptionGuard, any_process
@@ -83,15 +83,15 @@ class Trainer:
         micro = config.batch_size // config.grad_accum_steps
         mesh_lib.check_batch_divisible(micro, self.mesh, self.rules, "batch_size // grad_accum_steps")
 
-        self.task = get_task(config.task)(config)
+        self.task: TaskProtocol = get_task(config.task)(config)
         self.total_steps = _total_steps(config, len(self.task.train_source))
         optim_cfg = optim_lib.resolve_optim_config(config.optim)
         optim_cfg.total_steps = self.total_steps
         params_abstract = nn.unbox(jax.eval_shape(lambda r: self.task.model.init(r, **self.task.sample_input),
                                                   jax.random.key(0))["params"])
-        # PEFT (config.peft.method != 'none'; see jaxbert/peft): the task wrapped its model; the method
-        # labels the leaves (frozen base), may wrap the optimizer (HFT) and register step hooks (DSEE).
-        self.peft = getattr(self.task, "peft", None)
+        # PEFT (config.peft.method != 'none'; see jaxbert/peft): the task wrapped its model (Task.attach_peft);
+        # the method labels the leaves (frozen base), may wrap the optimizer (HFT) and register step hooks (DSEE).
+        self.peft = self.task.peft
         labels = self.peft.method.labels(params_abstract) if self.peft is not None else None
         self.tx, self.optim_info = optim_lib.make_optimizer(optim_cfg, params_abstract, labels=labels)
         if self.peft is not None:
@@ -164,8 +164,8 @@ class Trainer:
             if restored is not None:
                 state, extra = restored
                 data_iter.set_state(extra["data"])
-                if hasattr(self.task, "load_extra_state"):  # e.g. the label set must match the checkpoint's
-                    self.task.load_extra_state({k: v for k, v in extra.items() if k != "data"})
+                # e.g. the label set must match the checkpoint's
+                self.task.load_extra_state({k: v for k, v in extra.items() if k != "data"})
                 _say(f"resumed from {self.workdir / 'checkpoints'} at step {int(state.step)}")
             else:
                 state = self._new_state()

@@ -13,8 +13,11 @@ The recipe, per document ``d`` (a passage of at most ``bprop.max_length`` tokens
    ``k`` distinct words drawn from ``q(.|d)``; the set with the higher likelihood
    ``sum_w log((1 - a) q(w|d) + a p(w|C))`` (``a = 0.1``) is the positive.
 5. **ROP loss**: the model scores ``[CLS] set [SEP] d [SEP]`` from the ``[CLS]`` state
-   (``rop_head``) and is trained with the pairwise hinge ``max(0, 1 - s(S+, d) + s(S-, d))``,
-   added to the MLM loss.
+   (``rop_head``) and is trained with the pairwise hinge ``max(0, 1 - s(S+, d) + s(S-, d))``
+   (:func:`jaxbert.objectives.mlm.pairwise_hinge_loss`), added to the MLM loss.
+
+This module is the MLM task's B-PROP data side: the teacher (steps 1-4) and the iterator that
+adds the precomputed pairs to MLM batches; the loss is a pure function in :mod:`jaxbert.objectives.mlm`.
 
 Simplifications (written down as the issue asks): the teacher is a fixed HF checkpoint
 (``mlm.bprop.teacher``, default ``model.init_from``) read once before training, so the pairs
@@ -161,11 +164,6 @@ def pair_inputs(word_set: Sequence[tuple[int, ...]], passage: np.ndarray, cls_id
     return out_ids, mask, out_types
 
 
-def rop_hinge_loss(pos_score: jax.Array, neg_score: jax.Array, margin: float = 1.0) -> jax.Array:
-    """Mean ``max(0, margin - s+ + s-)``."""
-    return jnp.mean(jnp.maximum(0.0, margin - pos_score + neg_score))
-
-
 # ----------------------------------------------------------------------------- task glue
 
 
@@ -196,17 +194,16 @@ def build_rop_pairs(passages: Sequence[tuple[np.ndarray, np.ndarray]], attention
 
 def build_rop_pairs_for_task(task: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """Read the teacher, build passages from the train texts and precompute the ROP pairs."""
-    from jaxbert.convert import hf as hf_convert
     from jaxbert.data.mlm_pipeline import chunk_documents
     from jaxbert.data.tokenization import tokenize_with_words
-    from jaxbert.tasks.classification import resolve_model_path
+    from jaxbert.tasks.base import Task, resolve_model_path
 
     cfg = task.config
     b = cfg.mlm.bprop
     teacher_dir = b.get("teacher") or cfg.model.get("init_from")
     if not teacher_dir:
         raise ValueError("B-PROP bootstraps from a pretrained BERT: set mlm.bprop.teacher (HF dir) or model.init_from")
-    teacher = hf_convert.load_pretrained(resolve_model_path(teacher_dir), task="base")
+    teacher = Task.load_checkpoint(resolve_model_path(teacher_dir), "base")
     if not hasattr(teacher.config, "num_hidden_layers") or "layer_0" not in teacher.params:
         raise ValueError(f"B-PROP reads [CLS] attention from BERT-layout layers; {teacher_dir} is not one")
     tok = task.tokenizer
