@@ -194,7 +194,7 @@ class MaskedLMTask:
             from jaxbert.tasks.classification import resolve_model_path
             pre = hf_convert.load_pretrained(resolve_model_path(config.model.init_from), task="mlm",
                                              seed=config.seed, **overrides)
-            cfg, backbone = pre.config, hf_convert.architecture_for(pre.hf_config).backbone
+            cfg, backbone = pre.config, registry.spec_of(pre.config).backbone
             loaded = pre.params
         else:
             vocab = round_vocab_size(tokenizer_vocab_size(tok), int(m.vocab_multiple))
@@ -348,9 +348,10 @@ class MaskedLMTask:
         note = {"masking": self.config.mlm.masking, "rate": float(self.config.mlm.rate),
                 "decoder": dataclasses.asdict(self.decoder), "dropped_pretraining_heads": sorted(dropped),
                 "rows": self.stats}
-        if getattr(cfg, "model_type", None) in hf_convert.ARCHITECTURES:
+        spec = registry.spec_of(cfg)
+        if spec.has_hf_format:
             keep = dict(keep)
-            if cfg.model_type in ("bert", "m2_bert") and "pooler" not in keep["encoder"]:
+            if spec.has_pooler and "pooler" not in keep["encoder"]:
                 rng = np.random.default_rng(int(self.config.seed))
                 h = cfg.hidden_size
                 enc = dict(keep["encoder"])

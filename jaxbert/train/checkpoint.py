@@ -68,6 +68,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxbert.convert.report import CheckpointMismatchError  # the one mismatch error type (also HF loads)
+
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
@@ -95,10 +97,6 @@ _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete or unreadable."""
-
-
-class CheckpointMismatchError(CheckpointError, ValueError):
-    """The requested restore target does not match the checkpoint's tree, shapes or dtypes."""
 
 
 # --------------------------------------------------------------------------------------------
