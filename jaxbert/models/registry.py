@@ -28,7 +28,7 @@ from typing import Any, Callable
 from jaxbert.models.architecture import KINDS, ArchitectureSpec
 
 # The architecture families, each a folder jaxbert/models/<family>/ with a spec.py defining SPECS.
-FAMILIES = ("bert", "modernbert", "m2", "llm")
+FAMILIES = ("bert", "modernbert", "m2", "llm", "distilbert")
 
 
 _SPECS: dict[str, ArchitectureSpec] = {}
