@@ -85,9 +85,9 @@ def _model_config(shape: str, overrides: dict | None = None):
         from jaxbert.models.bert.model import BertConfig
         path = Path(assets.fetch("minilm"))
         return BertConfig.from_hf_dict(hf_convert.read_hf_config(path), **overrides), path
-    if shape in registry.names():
+    if shape in registry.names(kind="encoder"):
         return registry.get(shape, **overrides)[0], None
-    raise ValueError(f"unknown shape {shape!r}; known: minilm, {', '.join(registry.names())}")
+    raise ValueError(f"unknown shape {shape!r}; known: minilm, {', '.join(registry.names(kind='encoder'))}")
 
 
 def _optim_config(total_steps: int):

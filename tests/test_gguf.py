@@ -12,7 +12,7 @@ from flax import traverse_util
 pytest.importorskip("gguf")
 
 from jaxbert.models.llm.gguf import GGUFError, permute_qk, read_gguf, unpermute_qk, write_gguf  # noqa: E402
-from jaxbert.models.llm.hf import load_llm, load_llm_tokenizer, llm_architecture  # noqa: E402
+from jaxbert.models.llm.hf import load_llm, load_llm_tokenizer  # noqa: E402
 from jaxbert.convert.hf import params_to_hf  # noqa: E402
 from jaxbert.models.llm import model as llm  # noqa: E402
 from jaxbert.models.llm.model import LlmModel  # noqa: E402
@@ -24,8 +24,7 @@ def _params(cfg, seed=0):
 
 
 def _hf_state(params, cfg):
-    flat = params_to_hf(params, cfg, "base", llm_architecture(cfg.model_type))
-    return {("" if k == "lm_head.weight" else "model.") + k: v for k, v in flat.items()}
+    return params_to_hf(params, cfg, "base")  # *ForCausalLM names: backbone under "model.", lm_head outside
 
 
 def test_permutation_roundtrip_and_layout():

@@ -48,11 +48,11 @@ def _diff(golden_shapes: dict, current_shapes: dict) -> list[str]:
 
 
 def test_presets_match_golden_file(current, golden):
-    assert sorted(golden) == sorted(current) == registry.names(), (
-        f"preset list changed: golden {sorted(golden)} vs registry {registry.names()}; "
+    assert sorted(golden) == sorted(current) == registry.names(kind="encoder"), (
+        f"preset list changed: golden {sorted(golden)} vs registry {registry.names(kind='encoder')}; "
         "rerun tests/golden/make_param_shapes.py if intended")
     problems = []
-    for name in registry.names():
+    for name in registry.names(kind="encoder"):
         for task in maker.TASKS:
             g, c = golden[name][task], current[name][task]
             lines = _diff(g["shapes"], c["shapes"])
@@ -80,7 +80,7 @@ def test_published_parameter_counts(current, name, task):
 
 def test_task_heads_add_expected_params(current):
     """Heads add exactly the HF head sizes on top of the (pooler-less where HF drops it) backbone."""
-    for name in registry.names():
+    for name in registry.names(kind="encoder"):
         cfg, _ = registry.get(name)
         e, v = cfg.hidden_size, cfg.vocab_size
         pooler = e * e + e

@@ -118,11 +118,12 @@ def test_hf_safetensors_parity_and_roundtrip(tmp_path, name):
     torch = pytest.importorskip("torch")
     import transformers
 
-    from jaxbert.models.llm.hf import load_llm, save_llm_pretrained
+    from jaxbert.convert.hf import save_pretrained
+    from jaxbert.models.llm.hf import load_llm
 
     cfg = llm.preset(name)
     params = _init(cfg, seed=3)
-    save_llm_pretrained(tmp_path / "m", params, cfg)
+    save_pretrained(tmp_path / "m", params, cfg)
     cls = transformers.LlamaForCausalLM if cfg.model_type == "llama" else transformers.Qwen2ForCausalLM
     ref = cls.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
     ids, mask = _batch(np.random.default_rng(4))

@@ -9,8 +9,9 @@ import jax
 import flax.linen as nn
 
 import jaxbert
-from jaxbert.models.llm.hf import save_llm_pretrained
-from jaxbert.inference.llm_encoder import LlmSentenceEncoder, is_llm_checkpoint
+from jaxbert.convert.hf import save_pretrained
+from jaxbert.inference.llm_encoder import LlmSentenceEncoder
+from jaxbert.inference.load import architecture_of
 from jaxbert.models.llm import model as llm
 from jaxbert.models.llm.model import LlmModel
 
@@ -27,7 +28,7 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_llama")
     cfg = llm.preset("llama-tiny", pad_token_id=0, bos_token_id=1, eos_token_id=2)
     params = nn.unbox(LlmModel(cfg).init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"])
-    save_llm_pretrained(path, params, cfg)
+    save_pretrained(path, params, cfg)
     tk = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
     tk.pre_tokenizer = Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
@@ -40,7 +41,7 @@ TEXTS = ["w1 w2 w3 w4 w5 w6", "w7 w8", "w9 w10 w11 w12"]
 
 
 def test_dispatch_and_modes(model_dir):
-    assert is_llm_checkpoint(model_dir)
+    assert architecture_of(model_dir).kind == "decoder"
     bi = jaxbert.SentenceEncoder.from_pretrained(model_dir, pooling="mean", max_length=32)
     causal = jaxbert.SentenceEncoder.from_pretrained(model_dir, pooling="last_token", bidirectional=False,
                                                      max_length=32)

@@ -1,4 +1,4 @@
-"""M2-BERT export / import in the reference's key names (``jaxbert/convert/m2.py`` through ``convert/hf.py``).
+"""M2-BERT export / import in the reference's key names (``jaxbert/models/m2/hf.py`` through ``convert/hf.py``).
 
 Oracles: the export -> import round trip (identical parameters and outputs), the torch
 transcription of the reference forward from ``test_m2.py`` run on the *exported* state dict

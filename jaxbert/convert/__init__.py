@@ -1,4 +1,5 @@
-"""Checkpoint conversion. Importing the package registers every architecture's key table in
-:data:`jaxbert.convert.hf.ARCHITECTURES` (BERT and ModernBERT live in ``hf.py``; M2-BERT in ``jaxbert/models/m2/hf.py``)."""
-
-from jaxbert.models.m2 import hf as _m2  # noqa: F401  (registers "m2_bert")
+"""Checkpoint conversion machinery, architecture-free: regex key tables (:mod:`.rules`), the strict
+load report and the one mismatch error (:mod:`.report`), HF directory load/save through the
+architecture registry (:mod:`.hf`), atomic directory writes (:mod:`.atomic_dir`) and the
+sentence-transformers layout (:mod:`.sentence_transformers`). Each architecture's key table lives
+in its own folder, ``jaxbert/models/<family>/hf.py``."""

@@ -1,9 +1,9 @@
 """Hugging Face checkpoints <-> jaxbert params, through regex key tables (no torch needed).
 
-A key table is a list of :class:`Rule` s. Each rule pairs a HF key template with a jaxbert
-path template; ``{name}`` placeholders become named regex groups (``{layer}`` matches digits,
-``{qkv}`` one of query/key/value), so one table serves both directions. A rule's
-:class:`Transform` converts the array (transpose a Linear weight, split heads, ...).
+Architecture-free: the checkpoint's ``config.json`` (or a single-file format such as GGUF) picks
+an :class:`~jaxbert.models.architecture.ArchitectureSpec` from :mod:`jaxbert.models.registry`,
+whose key table (:class:`~jaxbert.convert.rules.KeyTable`, in ``jaxbert/models/<family>/hf.py``)
+maps every tensor; its hooks adapt the state on load and add non-parameter tensors on export.
 
 Reading::
 
@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -39,231 +39,11 @@ import flax.linen as nn
 from flax import traverse_util
 
 from jaxbert.convert.atomic_dir import write_weights_dir
-from jaxbert.models.bert.model import BertConfig, BertModel
-from jaxbert.models.transformer.model import Encoder, EncoderConfig
+from jaxbert.convert.report import CheckpointMismatchError, LoadReport, preview
+from jaxbert.convert.rules import KeyTable
+from jaxbert.models import registry
+from jaxbert.models.architecture import ArchitectureSpec
 from jaxbert.models.task_models import TASKS, build_task_model
-
-# ----------------------------------------------------------------------------- transforms
-
-
-@dataclasses.dataclass(frozen=True)
-class Transform:
-    """Array conversion between the HF layout and the jaxbert layout; ``cfg`` gives head counts."""
-
-    to_jax: Callable[[np.ndarray, Any], np.ndarray]
-    to_hf: Callable[[np.ndarray, Any], np.ndarray]
-
-
-IDENTITY = Transform(lambda a, c: a, lambda a, c: a)
-# torch Linear weight [out, in] <-> flax kernel [in, out]
-LINEAR = Transform(lambda a, c: a.T, lambda a, c: a.T)
-# q/k/v: [H*D, E] -> [E, H, D]
-QKV_KERNEL = Transform(
-    lambda a, c: a.T.reshape(a.shape[1], c.num_attention_heads, c.head_dim),
-    lambda a, c: a.reshape(a.shape[0], -1).T)
-QKV_BIAS = Transform(lambda a, c: a.reshape(c.num_attention_heads, c.head_dim), lambda a, c: a.reshape(-1))
-# attention output: [E, H*D] -> [H, D, E]
-OUT_KERNEL = Transform(
-    lambda a, c: a.T.reshape(c.num_attention_heads, c.head_dim, a.shape[0]),
-    lambda a, c: a.reshape(-1, a.shape[-1]).T)
-
-# ModernBERT fused projections: Wqkv [3*H*D, E] -> qkv [E, 3, H, D]; GLU Wi [2*I, E] -> wi [E, 2, I].
-FUSED_QKV_KERNEL = Transform(
-    lambda a, c: a.T.reshape(a.shape[1], 3, c.num_attention_heads, c.head_dim),
-    lambda a, c: a.reshape(a.shape[0], -1).T)
-FUSED_QKV_BIAS = Transform(lambda a, c: a.reshape(3, c.num_attention_heads, c.head_dim), lambda a, c: a.reshape(-1))
-GLU_KERNEL = Transform(lambda a, c: a.T.reshape(a.shape[1], 2, -1), lambda a, c: a.reshape(a.shape[0], -1).T)
-GLU_BIAS = Transform(lambda a, c: a.reshape(2, -1), lambda a, c: a.reshape(-1))
-
-_PLACEHOLDERS = {"layer": r"\d+", "qkv": r"query|key|value", "wb": r"weight|bias"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """One key mapping: ``hf`` and ``jax`` templates with shared ``{placeholders}``."""
-
-    hf: str
-    jax: str
-    transform: Transform = IDENTITY
-
-    def match_hf(self, key: str) -> str | None:
-        m = _template_regex(self.hf).match(key)
-        return self.jax.format(**m.groupdict()) if m else None
-
-    def match_jax(self, path: str) -> str | None:
-        m = _template_regex(self.jax).match(path)
-        return self.hf.format(**m.groupdict()) if m else None
-
-
-@functools.lru_cache(maxsize=None)
-def _template_regex(template: str) -> re.Pattern:
-    """``"encoder.layer.{layer}.x"`` -> ``encoder\\.layer\\.(?P<layer>\\d+)\\.x\\Z``."""
-    out, pos = "", 0
-    for m in re.finditer(r"\{(\w+)\}", template):
-        out += re.escape(template[pos:m.start()])
-        out += f"(?P<{m.group(1)}>{_PLACEHOLDERS[m.group(1)]})"
-        pos = m.end()
-    return re.compile(out + re.escape(template[pos:]) + r"\Z")
-
-
-def _norm_rules(hf_prefix: str, jax_prefix: str) -> list[Rule]:
-    # Old TF-converted checkpoints call LayerNorm parameters gamma/beta; we write weight/bias.
-    return [Rule(f"{hf_prefix}.weight", f"{jax_prefix}/scale"), Rule(f"{hf_prefix}.bias", f"{jax_prefix}/bias"),
-            Rule(f"{hf_prefix}.gamma", f"{jax_prefix}/scale"), Rule(f"{hf_prefix}.beta", f"{jax_prefix}/bias")]
-
-
-def _linear_rules(hf_prefix: str, jax_prefix: str) -> list[Rule]:
-    return [Rule(f"{hf_prefix}.weight", f"{jax_prefix}/kernel", LINEAR), Rule(f"{hf_prefix}.bias", f"{jax_prefix}/bias")]
-
-
-BERT_BACKBONE_RULES: list[Rule] = [
-    Rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings/embedding"),
-    Rule("embeddings.position_embeddings.weight", "embeddings/position_embeddings/embedding"),
-    Rule("embeddings.token_type_embeddings.weight", "embeddings/token_type_embeddings/embedding"),
-    *_norm_rules("embeddings.LayerNorm", "embeddings/norm"),
-    Rule("encoder.layer.{layer}.attention.self.{qkv}.weight", "layer_{layer}/attention/{qkv}/kernel", QKV_KERNEL),
-    Rule("encoder.layer.{layer}.attention.self.{qkv}.bias", "layer_{layer}/attention/{qkv}/bias", QKV_BIAS),
-    Rule("encoder.layer.{layer}.attention.output.dense.weight", "layer_{layer}/attention/out/kernel", OUT_KERNEL),
-    Rule("encoder.layer.{layer}.attention.output.dense.bias", "layer_{layer}/attention/out/bias"),
-    *_norm_rules("encoder.layer.{layer}.attention.output.LayerNorm", "layer_{layer}/attention_norm"),
-    *_linear_rules("encoder.layer.{layer}.intermediate.dense", "layer_{layer}/mlp/wi"),
-    *_linear_rules("encoder.layer.{layer}.output.dense", "layer_{layer}/mlp/wo"),
-    *_norm_rules("encoder.layer.{layer}.output.LayerNorm", "layer_{layer}/mlp_norm"),
-    *_linear_rules("pooler.dense", "pooler/dense"),
-]
-
-# Head rules per task: HF keys (no backbone prefix) -> jaxbert paths at the task-model root.
-HEAD_RULES: dict[str, list[Rule]] = {
-    "base": [],
-    "mlm": [*_linear_rules("cls.predictions.transform.dense", "mlm_head/transform"),
-            *_norm_rules("cls.predictions.transform.LayerNorm", "mlm_head/transform_norm"),
-            Rule("cls.predictions.bias", "mlm_head/bias")],
-    "sequence_classification": _linear_rules("classifier", "classifier/out"),
-    "token_classification": _linear_rules("classifier", "classifier/out"),
-    "question_answering": _linear_rules("qa_outputs", "qa_head/out"),
-}
-
-# Checkpoint keys that never map to a parameter: buffers and weights tied to others.
-BENIGN_KEYS = [r"embeddings\.position_ids", r"cls\.predictions\.decoder\.(weight|bias)"]
-# Keys of heads other than the one being loaded (e.g. NSP, or an MLM head loaded for classification).
-OTHER_HEAD_KEYS = [r"cls\..*", r"classifier\..*", r"qa_outputs\..*"]
-
-HF_ARCHITECTURES = {
-    "base": "BertModel", "mlm": "BertForMaskedLM", "sequence_classification": "BertForSequenceClassification",
-    "token_classification": "BertForTokenClassification", "question_answering": "BertForQuestionAnswering",
-}
-
-
-# transformers' ModernBertModel / ModernBertForMaskedLM (backbone under "model." in task models).
-MODERNBERT_BACKBONE_RULES: list[Rule] = [
-    Rule("embeddings.tok_embeddings.weight", "embeddings/word_embeddings/embedding"),
-    *_norm_rules("embeddings.norm", "embeddings/norm"),
-    *_norm_rules("layers.{layer}.attn_norm", "layer_{layer}/attention_norm"),
-    Rule("layers.{layer}.attn.Wqkv.weight", "layer_{layer}/attention/qkv/kernel", FUSED_QKV_KERNEL),
-    Rule("layers.{layer}.attn.Wqkv.bias", "layer_{layer}/attention/qkv/bias", FUSED_QKV_BIAS),
-    Rule("layers.{layer}.attn.Wo.weight", "layer_{layer}/attention/out/kernel", OUT_KERNEL),
-    Rule("layers.{layer}.attn.Wo.bias", "layer_{layer}/attention/out/bias"),
-    *_norm_rules("layers.{layer}.mlp_norm", "layer_{layer}/mlp_norm"),
-    Rule("layers.{layer}.mlp.Wi.weight", "layer_{layer}/mlp/wi/kernel", GLU_KERNEL),
-    Rule("layers.{layer}.mlp.Wi.bias", "layer_{layer}/mlp/wi/bias", GLU_BIAS),
-    *_linear_rules("layers.{layer}.mlp.Wo", "layer_{layer}/mlp/wo"),
-    *_norm_rules("final_norm", "final_norm"),
-]
-MODERNBERT_HEAD_RULES: dict[str, list[Rule]] = {
-    "base": [],
-    "mlm": [*_linear_rules("head.dense", "mlm_head/transform"),
-            *_norm_rules("head.norm", "mlm_head/transform_norm"),
-            Rule("decoder.bias", "mlm_head/bias")],
-    # Fine-tuning a ModernBERT backbone (e.g. a from-scratch MLM export): the backbone loads, the
-    # classifier starts fresh. jaxbert's classifier reads the [CLS] state directly; transformers'
-    # ModernBertForSequenceClassification puts a dense + norm head (and mean or CLS pooling) in
-    # front of it, so its trained head.* / classifier.* tensors are reported as ignored, never mapped.
-    "sequence_classification": [],
-    "token_classification": [],
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-    """Everything the converter needs to know about one ``model_type``.
-
-    ``head_rules`` / ``benign_keys`` / ``other_head_keys`` / ``hf_architectures`` default to
-    BERT's (``HEAD_RULES``, ``BENIGN_KEYS``, ``OTHER_HEAD_KEYS``, ``HF_ARCHITECTURES``).
-    ``prepare_state(state, config) -> (state, notes)`` checks / adapts a checkpoint's tensors before
-    the key table runs (notes go to ``LoadReport.adapted``); ``export_extras(state, config) -> dict``
-    adds tensors that are not parameters (buffers, tied copies) to an exported state dict.
-    """
-
-    config_cls: type
-    backbone: type
-    backbone_rules: list[Rule]
-    hf_prefix: str  # prefix of backbone keys inside HF task models ("bert.")
-    head_rules: dict[str, list[Rule]] | None = None
-    benign_keys: list[str] | None = None
-    other_head_keys: list[str] | None = None
-    hf_architectures: dict[str, str] | None = None
-    prepare_state: Callable[[dict, Any], tuple[dict, list[str]]] | None = None
-    export_extras: Callable[[dict, Any], dict] | None = None
-
-    def rules_for(self, task: str) -> list[Rule]:
-        rules = HEAD_RULES if self.head_rules is None else self.head_rules
-        if task not in rules:
-            raise ValueError(f"converting task {task!r} is not supported for this architecture "
-                             f"(supported: {sorted(rules)})")
-        return rules[task]
-
-    def ignorable(self) -> list[str]:
-        return ((BENIGN_KEYS if self.benign_keys is None else self.benign_keys)
-                + (OTHER_HEAD_KEYS if self.other_head_keys is None else self.other_head_keys))
-
-    def hf_architecture(self, task: str) -> str:
-        names = HF_ARCHITECTURES if self.hf_architectures is None else self.hf_architectures
-        if task not in names:
-            raise ValueError(f"exporting task {task!r} is not supported for this architecture "
-                             f"(supported: {sorted(names)})")
-        return names[task]
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture(BertConfig, BertModel, BERT_BACKBONE_RULES, "bert."),
-    "modernbert": Architecture(
-        EncoderConfig, Encoder, MODERNBERT_BACKBONE_RULES, "model.", head_rules=MODERNBERT_HEAD_RULES,
-        benign_keys=[r"decoder\.weight"], other_head_keys=[r"head\..*", r"decoder\..*", r"classifier\..*"],
-        hf_architectures={"base": "ModernBertModel", "mlm": "ModernBertForMaskedLM"}),
-}
-
-# ----------------------------------------------------------------------------- errors / report
-
-
-class CheckpointMismatchError(ValueError):
-    """Raised when checkpoint keys/shapes do not match the model; the message lists every problem."""
-
-
-@dataclasses.dataclass
-class LoadReport:
-    """What happened to each key while loading (all lists of key/path strings)."""
-
-    missing: list[str] = dataclasses.field(default_factory=list)  # model params absent from the checkpoint
-    unexpected: list[str] = dataclasses.field(default_factory=list)  # checkpoint keys no rule knows
-    mismatched: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)  # (path, ckpt, model)
-    initialized: list[str] = dataclasses.field(default_factory=list)  # head params freshly initialised
-    ignored: list[str] = dataclasses.field(default_factory=list)  # benign or other-task keys
-    adapted: list[str] = dataclasses.field(default_factory=list)  # notes from Architecture.prepare_state
-
-    def problems(self) -> str:
-        lines = []
-        if self.missing:
-            lines.append(f"missing from checkpoint ({len(self.missing)}): {_preview(self.missing)}")
-        if self.unexpected:
-            lines.append(f"unexpected in checkpoint ({len(self.unexpected)}): {_preview(self.unexpected)}")
-        if self.mismatched:
-            lines.append("shape mismatches: " + "; ".join(f"{p}: checkpoint {c} vs model {m}"
-                                                          for p, c, m in self.mismatched[:20]))
-        return "\n".join(lines)
-
-
-def _preview(items: list[str], n: int = 20) -> str:
-    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
 @dataclasses.dataclass
@@ -317,7 +97,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 raise FileNotFoundError(f"shard {shard_path} listed in {index} does not exist")
             out.update(load_file(str(shard_path)))
         if missing := sorted(set(weight_map) - set(out)):
-            raise CheckpointMismatchError(f"{index} lists tensors absent from its shards: {_preview(missing)}")
+            raise CheckpointMismatchError(f"{index} lists tensors absent from its shards: {preview(missing)}")
         return out
     if (path / "pytorch_model.bin").is_file():
         raise FileNotFoundError(f"{path} has only pytorch_model.bin; jaxbert reads safetensors "
@@ -325,32 +105,35 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
 
 
-def architecture_for(hf_config: dict, path: Any = "") -> Architecture:
-    model_type = hf_config.get("model_type")
-    if model_type == "bert" and hf_config.get("monarch_mixer_sequence_mixing"):  # a HazyResearch/m2 config
-        model_type = "m2_bert"
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"{path}/config.json has model_type={model_type!r}; jaxbert converts "
-                         f"{sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[model_type]
+def read_checkpoint(path: str | os.PathLike) -> tuple[ArchitectureSpec, dict, dict[str, np.ndarray]]:
+    """``(spec, hf_config, state)`` of a checkpoint: an HF directory (config.json + safetensors) or a
+    single file in a format some registered architecture reads (``ArchitectureSpec.read_file``, e.g. GGUF)."""
+    path = Path(path).expanduser()
+    if path.is_file() and (spec := registry.spec_for_file(path)) is not None:
+        hf_config, state = spec.read_file(path)
+        return registry.spec_for_hf_config(hf_config, path), hf_config, state
+    hf_config = read_hf_config(path)
+    spec = registry.spec_for_hf_config(hf_config, path)
+    return spec, hf_config, read_safetensors(path)
 
 
 # ----------------------------------------------------------------------------- conversion
 
 
-def _backbone_prefix(keys: list[str], arch: Architecture) -> str:
+def _backbone_prefix(keys: list[str], arch: KeyTable) -> str:
     """HF task models store the backbone under ``bert.``; bare ``BertModel`` files have no prefix."""
     return arch.hf_prefix if any(k.startswith(arch.hf_prefix) for k in keys) else ""
 
 
 def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, task: str = "base",
-                 strict: bool = True, arch: Architecture | None = None) -> tuple[dict, LoadReport]:
+                 strict: bool = True, arch: KeyTable | None = None) -> tuple[dict, LoadReport]:
     """Map an HF state dict onto the structure of ``template`` (initialised params of the task model).
 
-    Returns ``(params, report)``: params has ``template``'s structure, filled from the checkpoint
-    wherever a rule matched and shapes agree; other leaves keep the template's values.
+    ``arch``: the key table (default: that of ``config.model_type``'s spec). Returns ``(params,
+    report)``: params has ``template``'s structure, filled from the checkpoint wherever a rule
+    matched and shapes agree; other leaves keep the template's values.
     """
-    arch = arch or ARCHITECTURES[config.model_type]
+    arch = arch or registry.spec_of(config).key_table()
     report = LoadReport()
     prefix = _backbone_prefix(list(hf_state), arch)
     jax_root = "" if task == "base" else "encoder/"
@@ -359,9 +142,9 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
         target = None
         if prefix and key.startswith(prefix):
             sub = key[len(prefix):]
-            rules, root = arch.backbone_rules, jax_root
+            rules, root = arch.backbone, jax_root
         elif not prefix and not any(re.fullmatch(p, key) for p in arch.ignorable()):
-            sub, rules, root = key, arch.backbone_rules, jax_root
+            sub, rules, root = key, arch.backbone, jax_root
         else:
             sub, rules, root = key, arch.rules_for(task), ""
         for rule in rules:
@@ -406,28 +189,39 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
     return params, report
 
 
-def params_to_hf(params: dict, config: Any, task: str = "base", arch: Architecture | None = None
+def _hf_key(rule, path: str) -> str | None:
+    """The HF key ``rule`` writes for ``path`` (export writes LayerNorm ``weight``/``bias``, never ``gamma``/``beta``)."""
+    key = rule.match_jax(path)
+    return None if key is None or key.endswith((".gamma", ".beta")) else key
+
+
+def params_to_hf(params: dict, config: Any, task: str = "base", arch: KeyTable | None = None
                  ) -> dict[str, np.ndarray]:
-    """Inverse of :func:`hf_to_params`: jaxbert params -> HF state dict (float32 numpy)."""
-    arch = arch or ARCHITECTURES[config.model_type]
+    """Inverse of :func:`hf_to_params`: jaxbert params -> HF state dict (float32 numpy).
+
+    In a ``"base"`` export backbone keys get the table's ``base_prefix``; paths no backbone rule
+    knows are tried against the ``"base"`` head rules (e.g. an LLM's untied ``lm_head``).
+    """
+    arch = arch or registry.spec_of(config).key_table()
     flat = {"/".join(k): np.asarray(jax.device_get(v)) for k, v in traverse_util.flatten_dict(params).items()}
     out: dict[str, np.ndarray] = {}
     unknown = []
     for path, value in flat.items():
         if task != "base" and path.startswith("encoder/"):
-            sub, rules, prefix = path[len("encoder/"):], arch.backbone_rules, arch.hf_prefix
+            tries = [(path[len("encoder/"):], arch.backbone, arch.hf_prefix)]
         elif task == "base":
-            sub, rules, prefix = path, arch.backbone_rules, ""
+            tries = [(path, arch.backbone, arch.base_prefix), (path, arch.rules_for("base"), "")]
         else:
-            sub, rules, prefix = path, arch.rules_for(task), ""
-        for rule in rules:
-            if (key := rule.match_jax(sub)) is not None and not key.endswith((".gamma", ".beta")):
-                out[prefix + key] = np.ascontiguousarray(rule.transform.to_hf(value, config).astype(np.float32))
-                break
-        else:
+            tries = [(path, arch.rules_for(task), "")]
+        hit = next(((prefix + k, rule) for sub, rules, prefix in tries for rule in rules
+                    if (k := _hf_key(rule, sub)) is not None), None)
+        if hit is None:
             unknown.append(path)
+            continue
+        key, rule = hit
+        out[key] = np.ascontiguousarray(rule.transform.to_hf(value, config).astype(np.float32))
     if unknown:
-        raise CheckpointMismatchError(f"no HF key for parameters: {_preview(unknown)}")
+        raise CheckpointMismatchError(f"no HF key for parameters: {preview(unknown)}")
     return out
 
 
@@ -445,10 +239,10 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {TASKS}")
-    hf_config = read_hf_config(path)
-    arch = architecture_for(hf_config, path)
-    config = arch.config_cls.from_hf_dict(hf_config, **config_overrides)
-    state = read_safetensors(path)
+    spec, hf_config, state = read_checkpoint(path)
+    keys = spec.key_table()
+    keys.rules_for(task)  # an unsupported task fails before any work
+    config = spec.config_from_hf(hf_config, **config_overrides)
     if task in ("sequence_classification", "token_classification") and num_labels is None:
         num_labels = hf_config.get("num_labels") or len(hf_config.get("id2label") or {}) or None
         if num_labels is None and "classifier.weight" in state:  # transformers omits the default 2 labels
@@ -456,16 +250,16 @@ def load_pretrained(path: str | os.PathLike, task: str = "base", num_labels: int
         if num_labels is None:
             raise ValueError(f"task {task!r} needs num_labels ({path}/config.json has none)")
     notes: list[str] = []
-    if arch.prepare_state is not None:
+    if spec.prepare_state is not None:
         try:
-            state, notes = arch.prepare_state(state, config)
+            state, notes = spec.prepare_state(state, config)
         except CheckpointMismatchError as e:
             raise CheckpointMismatchError(f"{path}: {e}") from None
-    model = build_task_model(config, arch.backbone, task, num_labels)
+    model = build_task_model(config, spec.backbone, task, num_labels)
     # Shapes only: a full checkpoint needs no random init (compile + a model-sized allocation).
     template = jax.eval_shape(functools.partial(init_params, model), jax.random.key(seed))
     try:
-        params, report = hf_to_params(state, model.config, template, task, strict=strict, arch=arch)
+        params, report = hf_to_params(state, model.config, template, task, strict=strict, arch=keys)
     except CheckpointMismatchError as e:
         raise CheckpointMismatchError(f"{path}: {e}") from None
     report.adapted.extend(notes)
@@ -508,17 +302,14 @@ def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: st
     """
 
     path = Path(path)
-    if config.model_type not in ARCHITECTURES:
-        raise ValueError(f"config.model_type={config.model_type!r} has no Hugging Face format in jaxbert; "
-                         f"convertible: {sorted(ARCHITECTURES)}")
-    arch = ARCHITECTURES[config.model_type]
-    state = params_to_hf(params, config, task, arch)
-    if arch.export_extras is not None:
-        state.update(arch.export_extras(state, config))
-    hf = config.to_hf_dict()
-    hf["architectures"] = [arch.hf_architecture(task)]
+    spec = registry.spec_of(config)
+    state = params_to_hf(params, config, task, spec.key_table())
+    if spec.export_extras is not None:
+        state.update(spec.export_extras(state, config))
+    hf = spec.config_to_hf(config)
+    hf["architectures"] = [spec.hf_architecture(task)]
     if task in ("sequence_classification", "token_classification"):
-        n = state["classifier.weight"].shape[0]
+        n = int(np.shape(params["classifier"]["out"]["kernel"])[-1])
         labels = id2label or {i: f"LABEL_{i}" for i in range(n)}
         hf["id2label"] = {str(i): str(v) for i, v in labels.items()}
         hf["label2id"] = {str(v): int(i) for i, v in labels.items()}

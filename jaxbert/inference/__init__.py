@@ -1,1 +1,2 @@
-"""Inference: sentence encoders over any registered architecture."""
+"""Inference: sentence encoders over any registered architecture; :func:`jaxbert.inference.load.load` picks
+the encoder class (``SentenceEncoder`` / ``LlmSentenceEncoder``) from the architecture's ``kind``."""

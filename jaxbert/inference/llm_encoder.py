@@ -1,7 +1,7 @@
 """Sentence embeddings from a Llama / Qwen2 decoder: :class:`LlmSentenceEncoder`.
 
-``jaxbert.SentenceEncoder.from_pretrained`` returns one of these for a ``.gguf`` file or an HF
-directory whose ``config.json`` has ``model_type`` ``llama`` / ``qwen2``::
+``jaxbert.SentenceEncoder.from_pretrained`` (:func:`jaxbert.inference.load.load`) returns one of these for
+any checkpoint whose architecture is a decoder (a ``.gguf`` file, an HF ``llama`` / ``qwen2`` directory)::
 
     enc = jaxbert.SentenceEncoder.from_pretrained(fetch("smollm2"), pooling="mean", bidirectional=True)
     emb = enc.encode(["a domestic animal"], instruction="Retrieve the definition of the phrase: ")
@@ -46,24 +46,6 @@ _LLM_OPTIONS = {
     "attention_implementation": ("xla", "dot_product_attention"),
 }
 _IN_FLIGHT = 8
-
-
-def is_llm_checkpoint(path: str | os.PathLike) -> bool:
-    """True for a ``.gguf`` file or an HF directory whose config has model_type ``llama`` / ``qwen2``."""
-    import json
-
-    from jaxbert.models.llm.model import LLM_MODEL_TYPES
-
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path.suffix == ".gguf"
-    cfg = path / "config.json"
-    if path.is_dir() and cfg.is_file():
-        try:
-            return json.loads(cfg.read_text()).get("model_type") in LLM_MODEL_TYPES
-        except (json.JSONDecodeError, OSError):
-            return False
-    return False
 
 
 def _llm_embed(params, input_ids, attention_mask, embed_mask, *, model, mode, normalize):

@@ -123,7 +123,22 @@ class SentenceEncoder:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, pooling: str | Sequence[str] | None = None,
                         max_length: int | None = None, **options: Any) -> "SentenceEncoder":
-        """Load a sentence-transformers directory (with ``modules.json``) or a plain HF model directory.
+        """Load any registered architecture's checkpoint as a sentence encoder: :func:`jaxbert.inference.load.load`.
+
+        Encoders load as :class:`SentenceEncoder` (:meth:`load`); Llama / Qwen2 decoders (a
+        ``.gguf`` file or an HF dir with that ``model_type``) as
+        :class:`jaxbert.inference.llm_encoder.LlmSentenceEncoder`, with the extra options
+        ``bidirectional`` (default True), ``add_eos``, ``tokenizer``, ``normalize`` and LLM pooling
+        names (``mean``, ``weighted_mean``, ``last_token``, ``first_token``).
+        """
+        from jaxbert.inference.load import load  # the dispatcher imports this module, not the reverse
+
+        return load(path, pooling=pooling, max_length=max_length, **options)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, pooling: str | Sequence[str] | None = None,
+             max_length: int | None = None, **options: Any) -> "SentenceEncoder":
+        """Load a sentence-transformers directory (with ``modules.json``) or a plain HF encoder directory.
 
         * sentence-transformers dir: pooling from ``1_Pooling/config.json``, normalisation when
           ``modules.json`` lists a ``Normalize`` module, ``max_length`` from
@@ -135,12 +150,7 @@ class SentenceEncoder:
         ``pooling`` / ``max_length`` given here override the directory's values (an explicit
         ``max_length`` above ``max_position_embeddings`` is an error).
 
-        Llama / Qwen2 decoders (a ``.gguf`` file or an HF dir with that ``model_type``) load as
-        :class:`jaxbert.inference.llm_encoder.LlmSentenceEncoder`, with the extra options ``bidirectional``
-        (default True), ``add_eos``, ``tokenizer``, ``normalize`` and LLM pooling names
-        (``mean``, ``weighted_mean``, ``last_token``, ``first_token``).
-
-        Options (keyword-only, validated; more will come, e.g. LLM embedders):
+        Options (keyword-only, validated):
         ``dtype="float32"|"bfloat16"`` compute dtype (params stay float32; pooling is float32),
         ``attention_implementation="dot_product_attention"`` (default here: no dropout at
         inference, cuDNN on GPU, faster on CPU) ``|"xla"`` (the reference einsum path).
@@ -148,10 +158,7 @@ class SentenceEncoder:
         from transformers import AutoTokenizer
 
         from jaxbert.convert.hf import load_pretrained, read_hf_config
-        from jaxbert.inference.llm_encoder import LlmSentenceEncoder, is_llm_checkpoint
 
-        if is_llm_checkpoint(path):  # .gguf file or Llama/Qwen2 HF dir: options bidirectional, add_eos, ...
-            return LlmSentenceEncoder.load(path, pooling=pooling, max_length=max_length, **options)
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise TypeError(f"SentenceEncoder.from_pretrained got unknown option(s) {unknown}; "

@@ -58,10 +58,12 @@ class MaskedLMHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """dropout -> dense to ``num_labels``. ``[..., embed] -> [..., num_labels]`` (float32).
+    """[dense ``pre`` -> ``pre_activation``] -> dropout -> dense to ``num_labels``.
+    ``[..., embed] -> [..., num_labels]`` (float32).
 
     Used for sequence classification / regression (on the pooled vector) and for token
-    classification (on every position).
+    classification (on every position). ``pre_activation`` (e.g. ``"relu"``: DistilBERT's
+    ``pre_classifier``) adds a square dense layer ``pre`` and that activation first; None: none.
     """
 
     num_labels: int
@@ -69,9 +71,14 @@ class ClassificationHead(nn.Module):
     initializer_range: float = 0.02
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    pre_activation: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        if self.pre_activation is not None:
+            x = get_activation(self.pre_activation)(
+                _dense(x.shape[-1], ("embed", "embed_out"), self.initializer_range, self.dtype, self.param_dtype,
+                       "pre")(x))
         x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
         out = _dense(self.num_labels, ("embed", "classes"), self.initializer_range, self.dtype,
                      self.param_dtype, "out")(x)

@@ -83,7 +83,9 @@ class EncoderForSequenceClassification(nn.Module):
                                                  deterministic=deterministic, **kwargs)
         pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         logits = ClassificationHead(self.num_labels, _classifier_dropout(cfg), cfg.initializer_range,
-                                    cfg.compute_dtype, cfg.storage_dtype, name="classifier")(pooled, deterministic)
+                                    cfg.compute_dtype, cfg.storage_dtype,
+                                    pre_activation=getattr(cfg, "classifier_pre_activation", None),
+                                    name="classifier")(pooled, deterministic)
         return {"logits": logits, "last_hidden_state": out.last_hidden_state}
 
 

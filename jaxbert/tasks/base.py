@@ -203,9 +203,10 @@ class Task:
                         **overrides: Any) -> Loaded:
         """An HF directory as the model for ``hf_task`` (also the teachers of B-PROP and DSE)."""
         from jaxbert.convert import hf as hf_convert
+        from jaxbert.models import registry
         path = Path(path)
         pre = hf_convert.load_pretrained(path, task=hf_task, num_labels=num_labels, seed=seed, **overrides)
-        backbone = type(pre.model) if hf_task == "base" else hf_convert.architecture_for(pre.hf_config, path).backbone
+        backbone = registry.spec_of(pre.config).backbone
         return Loaded(pre.model, pre.config, backbone, pre.params, path, pre.hf_config)
 
     @staticmethod

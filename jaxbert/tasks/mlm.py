@@ -369,9 +369,10 @@ class MaskedLMTask(Task):
         note = {"masking": self.config.mlm.masking, "rate": float(self.config.mlm.rate),
                 "decoder": dataclasses.asdict(self.decoder), "dropped_pretraining_heads": sorted(dropped),
                 "rows": self.stats}
-        if getattr(cfg, "model_type", None) in hf_convert.ARCHITECTURES:
+        spec = registry.spec_of(cfg)
+        if spec.has_hf_format:
             keep = dict(keep)
-            if cfg.model_type in ("bert", "m2_bert") and "pooler" not in keep["encoder"]:
+            if spec.has_pooler and "pooler" not in keep["encoder"]:
                 rng = np.random.default_rng(int(self.config.seed))
                 h = cfg.hidden_size
                 enc = dict(keep["encoder"])

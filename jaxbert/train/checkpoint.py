@@ -71,6 +71,8 @@ from orbax.checkpoint.checkpoint_managers import BestN, LatestN
 
 from jaxbert.models.params import path_str
 
+from jaxbert.convert.report import CheckpointMismatchError  # the one mismatch error type (also HF loads)
+
 __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
@@ -98,10 +100,6 @@ _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete or unreadable."""
-
-
-class CheckpointMismatchError(CheckpointError, ValueError):
-    """The requested restore target does not match the checkpoint's tree, shapes or dtypes."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def param_shapes(model: nn.Module, seq_len: int = 8) -> dict[str, list[int]]:
 def compute_param_shapes() -> dict:
     """``{preset: {task: {"shapes": {path: shape}, "total": n_params}}}`` for all presets."""
     out = {}
-    for name in registry.names():
+    for name in registry.names(kind="encoder"):
         config, backbone = registry.get(name)
         out[name] = {}
         for task, num_labels in TASKS.items():

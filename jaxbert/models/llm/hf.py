@@ -1,33 +1,28 @@
 """Llama / Qwen2 checkpoints (transformers safetensors directories and GGUF files) <-> jaxbert LLM params.
 
-One regex key table (:data:`LLM_BACKBONE_RULES`, the :mod:`jaxbert.convert.hf` machinery) maps
-transformers' ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` keys to :class:`jaxbert.models.llm.LlmModel`
-paths in both directions; GGUF files (:mod:`jaxbert.models.llm.gguf`) are first turned into the same
-transformers-named state dict, so both formats go through one table and one strictness check.
+One regex key table (:data:`KEYS`, the :mod:`jaxbert.convert.rules` machinery) maps transformers'
+``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` keys to :class:`jaxbert.models.llm.LlmModel` paths in
+both directions; GGUF files (:mod:`jaxbert.models.llm.gguf`) are first turned into the same
+transformers-named state dict (:func:`read_gguf_file`, the spec's ``read_file`` hook), so both
+formats go through one table, one strictness check and the one entry point,
+:func:`jaxbert.convert.hf.load_pretrained` (registered by :mod:`jaxbert.models.llm.spec`)::
 
-::
-
-    pre = load_llm("/path/to/hf_dir")                       # or a .gguf file
+    pre = load_pretrained("/path/to/hf_dir")                 # or a .gguf file; load_llm(...) is the same
     out = pre.model.apply({"params": pre.params}, ids, mask, attention_mode="bidirectional")
     tok = load_llm_tokenizer("/path/to/hf_dir", pre.config)  # vocab-size checked
-    save_llm_pretrained("/out", pre.params, pre.config)     # transformers loads it (LlamaForCausalLM)
+    save_pretrained("/out", pre.params, pre.config)          # transformers loads it (LlamaForCausalLM)
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from jaxbert.convert.atomic_dir import write_weights_dir
-from jaxbert.convert.hf import (LINEAR, Architecture, CheckpointMismatchError, Pretrained, Rule,
-                                Transform, hf_to_params, init_params, params_to_hf, read_hf_config,
-                                read_safetensors)
-from jaxbert.models.llm.model import LLM_MODEL_TYPES, LlmConfig, LlmModel
+from jaxbert.convert.rules import LINEAR, KeyTable, Rule, Transform
+from jaxbert.models.llm.model import LlmConfig
 
 # q: [H*D, E] -> [E, H, D]; k/v: [K*D, E] -> [E, K, D]; o: [E, H*D] -> [H, D, E]
 Q_KERNEL = Transform(lambda a, c: a.T.reshape(a.shape[1], c.num_attention_heads, c.head_dim),
@@ -59,75 +54,57 @@ LLM_BACKBONE_RULES: list[Rule] = [
     Rule(f"{_L}.mlp.up_proj.bias", "layer_{layer}/mlp/up/bias"),
     Rule(f"{_L}.mlp.down_proj.bias", "layer_{layer}/mlp/down/bias"),
     Rule("norm.weight", "final_norm/scale"),
-    # Untied LM head: outside "model." in LlmForCausalLM files (read through LLM_HEAD_RULES there).
-    Rule("lm_head.weight", "lm_head/kernel", LINEAR),
 ]
+# The untied LM head sits outside "model." in *ForCausalLM files; LlmModel holds it (task "base").
 LLM_HEAD_RULES: dict[str, list[Rule]] = {"base": [Rule("lm_head.weight", "lm_head/kernel", LINEAR)]}
 
-
-def llm_architecture(model_type: str) -> Architecture:
-    """The converter :class:`~jaxbert.convert.hf.Architecture` of ``llama`` / ``qwen2`` (keys under ``model.``)."""
-    if model_type not in LLM_MODEL_TYPES:
-        raise ValueError(f"model_type={model_type!r} is not a supported LLM; supported: {LLM_MODEL_TYPES}")
-    names = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-    # rotary inv_freq buffers (old checkpoints) are recomputed; a tied lm_head copy is redundant.
-    return Architecture(LlmConfig, LlmModel, LLM_BACKBONE_RULES, "model.", head_rules=LLM_HEAD_RULES,
-                        benign_keys=[r".*rotary_emb\.inv_freq"], other_head_keys=[r"score\..*"],
-                        hf_architectures={"base": names[model_type]})
+# rotary inv_freq buffers (old checkpoints) are recomputed; "score.*" is a sequence-classification head.
+KEYS = KeyTable(backbone=LLM_BACKBONE_RULES, hf_prefix="model.", heads=LLM_HEAD_RULES,
+                benign=[r".*rotary_emb\.inv_freq"], other_heads=[r"score\..*"], base_prefix="model.")
 
 
-def llm_params_from_state(state: dict[str, np.ndarray], config: LlmConfig, strict: bool = True,
-                          source: Any = "") -> tuple[dict, Any]:
-    """A transformers-named state dict -> ``(params, LoadReport)`` for :class:`LlmModel` of ``config``.
-
-    A tied config ignores an ``lm_head.weight`` that only repeats the embedding; an untied config
-    whose checkpoint lacks ``lm_head.weight`` is an error (strict).
-    """
-    model = LlmModel(config)
-    template = jax.eval_shape(lambda r: init_params(model, r), jax.random.key(0))
-    state = dict(state)
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    try:
-        params, report = hf_to_params(state, config, template, "base", strict=strict,
-                                      arch=llm_architecture(config.model_type))
-    except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f"{source}: {e}") from None
-    params = jax.tree.map(lambda v: np.asarray(v) if not isinstance(v, jax.ShapeDtypeStruct) else
-                          np.zeros(v.shape, v.dtype), params)
-    return params, report
+def prepare_state(state: dict[str, np.ndarray], config: LlmConfig) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A tied config ignores an ``lm_head.weight`` that only repeats the embedding (the spec's
+    ``prepare_state`` hook); an untied config whose checkpoint lacks it is a strict-load error."""
+    if config.tie_word_embeddings and "lm_head.weight" in state:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        return state, ["lm_head.weight: tied to the input embeddings, not loaded"]
+    return state, []
 
 
-def _magic(path: Path) -> bytes:
+def is_gguf_file(path: Path) -> bool:
+    """A ``.gguf`` file, or a file starting with the GGUF magic bytes."""
+    if path.suffix == ".gguf":
+        return True
+    if not path.is_file():
+        return False
     with open(path, "rb") as f:
-        return f.read(4)
+        return f.read(4) == b"GGUF"
 
 
-def load_llm(path: str | os.PathLike, strict: bool = True, **config_overrides: Any) -> Pretrained:
-    """Load a Llama / Qwen2 model: an HF directory (config.json + safetensors) or a ``.gguf`` file.
+def read_gguf_file(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(hf_config, transformers-named state dict)`` of a GGUF file (the spec's ``read_file`` hook)."""
+    from jaxbert.models.llm.gguf import read_gguf
+
+    ckpt = read_gguf(path)
+    return ckpt.hf_config, ckpt.state_dict
+
+
+def load_llm(path: str | os.PathLike, strict: bool = True, **config_overrides: Any):
+    """Load a Llama / Qwen2 model (HF directory or ``.gguf`` file): :func:`jaxbert.convert.hf.load_pretrained`
+    with ``task="base"`` (the :class:`LlmModel`, LM head included), refusing encoder checkpoints.
 
     ``config_overrides`` replace :class:`LlmConfig` fields (``attention_mode="bidirectional"``,
-    ``dtype="bfloat16"``, ...). Returns :class:`~jaxbert.convert.hf.Pretrained` with
-    ``task="causal_lm"``; ``hf_config`` is the transformers config dict (read or derived).
+    ``dtype="bfloat16"``, ...).
     """
-    path = Path(path).expanduser()
-    if path.suffix == ".gguf" or (path.is_file() and _magic(path) == b"GGUF"):
-        from jaxbert.models.llm.gguf import read_gguf
+    from jaxbert.convert.hf import load_pretrained
+    from jaxbert.models import registry
 
-        ckpt = read_gguf(path)
-        hf_config, state = ckpt.hf_config, ckpt.state_dict
-    else:
-        hf_config = read_hf_config(path)
-        if hf_config.get("model_type") not in LLM_MODEL_TYPES:
-            raise ValueError(f"{path}/config.json has model_type={hf_config.get('model_type')!r}; "
-                             f"load_llm reads {LLM_MODEL_TYPES} (BERT-family models: jaxbert.convert.hf.load_pretrained)")
-        state = read_safetensors(path)
-    config = LlmConfig.from_hf_dict(hf_config, **config_overrides)
-    params, report = llm_params_from_state(state, config, strict=strict, source=path)
-    if config.storage_dtype != np.float32:
-        params = jax.tree.map(lambda v: np.asarray(v).astype(config.storage_dtype), params)
-    return Pretrained(config=config, model=LlmModel(config), params=params, report=report, task="causal_lm",
-                      hf_config=hf_config)
+    pre = load_pretrained(path, task="base", strict=strict, **config_overrides)
+    if registry.spec_of(pre.config).kind != "decoder":
+        raise ValueError(f"{path} holds a {pre.config.model_type!r} model, not a decoder LLM; load it with "
+                         "jaxbert.convert.hf.load_pretrained")
+    return pre
 
 
 def load_llm_tokenizer(path: str | os.PathLike, config: LlmConfig | None = None, tokenizer: Any = None):
@@ -159,19 +136,3 @@ def load_llm_tokenizer(path: str | os.PathLike, config: LlmConfig | None = None,
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
-
-
-def save_llm_pretrained(path: str | os.PathLike, params: dict, config: LlmConfig,
-                        extra_config: dict | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` that transformers' ``Llama/Qwen2ForCausalLM`` loads.
-
-    Atomic like :func:`jaxbert.convert.hf.save_pretrained` (temporary sibling, then rename).
-    """
-
-    path = Path(path)
-    arch = llm_architecture(config.model_type)
-    flat_state = params_to_hf(params, config, "base", arch)
-    state = {("" if k == "lm_head.weight" else "model.") + k: v for k, v in flat_state.items()}
-    hf = config.to_hf_dict()
-    hf.update(extra_config or {})
-    return write_weights_dir(path, state, hf)

@@ -53,8 +53,8 @@ notes it in the load report.
 The filters keep the checkpoint's ``long_conv_l_max`` (written as a number in every export), so
 their taps are unchanged. A table longer than the config asks for is a shape mismatch (an error).
 
-Use it through :mod:`jaxbert.convert.hf` like any architecture (``model_type="m2_bert"``;
-importing :mod:`jaxbert.convert` registers it)::
+Use it through :mod:`jaxbert.convert.hf` like any architecture (``model_type="m2_bert"``, registered
+by :mod:`jaxbert.models.m2.spec`)::
 
     save_pretrained("out", params, m2_config, task="mlm", tokenizer=tok)  # + config.json, one atomic swap
     pre = load_pretrained("out", task="base")                              # or model.init_from="out"
@@ -68,7 +68,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxbert.convert.hf import (LINEAR, Rule, Transform, _linear_rules, _norm_rules, CheckpointMismatchError)
+from jaxbert.convert.report import CheckpointMismatchError
+from jaxbert.convert.rules import LINEAR, KeyTable, Rule, Transform, linear_rules, norm_rules
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,9 @@ def _filter_rules(f: str) -> list[Rule]:
     a, j = f"encoder.layer.{{layer}}.attention.{f}", f"layer_{{layer}}/mixer/{f}"
     rules = [Rule(f"{a}.bias", f"{j}/bias"), Rule(f"{a}.implicit_filter.1.freq", f"{j}/act/freq", FREQ)]
     for mlp in FILTER_MLPS:
-        rules += _linear_rules(f"{a}.{mlp}.0", f"{j}/{mlp}/in_proj")
+        rules += linear_rules(f"{a}.{mlp}.0", f"{j}/{mlp}/in_proj")
         for i in range(REFERENCE_INNER_MLPS):
-            rules += _linear_rules(f"{a}.{mlp}.{2 * (i + 1)}", f"{j}/{mlp}/inner_{i}")
+            rules += linear_rules(f"{a}.{mlp}.{2 * (i + 1)}", f"{j}/{mlp}/inner_{i}")
         rules.append(Rule(f"{a}.{mlp}.{2 * (REFERENCE_INNER_MLPS + 1)}.weight", f"{j}/{mlp}/out_proj/kernel", LINEAR))
     return rules
 
@@ -124,28 +125,28 @@ M2_BACKBONE_RULES: list[Rule] = [
     Rule("embeddings.word_embeddings.weight", "embeddings/word_embeddings/embedding"),
     Rule("embeddings.position_embeddings.weight", "embeddings/position_embeddings/embedding", POSITIONS),
     Rule("embeddings.token_type_embeddings.weight", "embeddings/token_type_embeddings/embedding"),
-    *_norm_rules("embeddings.LayerNorm", "embeddings/norm"),
+    *norm_rules("embeddings.LayerNorm", "embeddings/norm"),
     Rule("encoder.layer.{layer}.attention.in_linear.weight", "layer_{layer}/mixer/in_linear/kernel", IN_KERNEL),
     Rule("encoder.layer.{layer}.attention.in_linear.bias", "layer_{layer}/mixer/in_linear/bias", IN_BIAS),
     Rule("encoder.layer.{layer}.attention.short_filter.weight", "layer_{layer}/mixer/short_conv/kernel", SHORT_KERNEL),
     Rule("encoder.layer.{layer}.attention.short_filter.bias", "layer_{layer}/mixer/short_conv/bias", IN_BIAS),
     *_filter_rules("filter_fn"),
     *_filter_rules("filter_fn2"),
-    *_linear_rules("encoder.layer.{layer}.attention.out_linear", "layer_{layer}/mixer/out_linear"),
-    *_norm_rules("encoder.layer.{layer}.attention.layernorm", "layer_{layer}/mixer/norm"),
+    *linear_rules("encoder.layer.{layer}.attention.out_linear", "layer_{layer}/mixer/out_linear"),
+    *norm_rules("encoder.layer.{layer}.attention.layernorm", "layer_{layer}/mixer/norm"),
     Rule("encoder.layer.{layer}.mlp.gated_layers.weight", "layer_{layer}/mlp/gated_layers/kernel", BLOCKDIAG),
     Rule("encoder.layer.{layer}.mlp.wo.weight", "layer_{layer}/mlp/wo/kernel", BLOCKDIAG),
     Rule("encoder.layer.{layer}.mlp.wo.bias", "layer_{layer}/mlp/wo/bias"),
-    *_norm_rules("encoder.layer.{layer}.mlp.layernorm", "layer_{layer}/mlp_norm"),
-    *_linear_rules("pooler.dense", "pooler/dense"),
+    *norm_rules("encoder.layer.{layer}.mlp.layernorm", "layer_{layer}/mlp_norm"),
+    *linear_rules("pooler.dense", "pooler/dense"),
 ]
 
 M2_HEAD_RULES: dict[str, list[Rule]] = {
     "base": [],
-    "mlm": [*_linear_rules("cls.predictions.transform.dense", "mlm_head/transform"),
-            *_norm_rules("cls.predictions.transform.LayerNorm", "mlm_head/transform_norm"),
+    "mlm": [*linear_rules("cls.predictions.transform.dense", "mlm_head/transform"),
+            *norm_rules("cls.predictions.transform.LayerNorm", "mlm_head/transform_norm"),
             Rule("cls.predictions.decoder.bias", "mlm_head/bias")],
-    "sequence_classification": _linear_rules("classifier", "classifier/out"),
+    "sequence_classification": linear_rules("classifier", "classifier/out"),
 }
 M2_HF_ARCHITECTURES = {"base": "BertModel", "mlm": "BertForMaskedLM",
                        "sequence_classification": "BertForSequenceClassification"}
@@ -158,6 +159,14 @@ M2_BENIGN_KEYS = [r"embeddings\.position_ids", r"embeddings\.token_type_ids",
                   r"encoder\.layer\.\d+\.attention\.filter_fn2?\.modulation\.deltas",
                   r"cls\.predictions\.decoder\.weight"]
 M2_OTHER_HEAD_KEYS = [r"cls\..*", r"classifier\..*"]
+
+KEYS = KeyTable(backbone=M2_BACKBONE_RULES, hf_prefix="bert.", heads=M2_HEAD_RULES, benign=M2_BENIGN_KEYS,
+                other_heads=M2_OTHER_HEAD_KEYS)
+
+
+def is_reference_config(hf_config: dict) -> bool:
+    """A HazyResearch/m2 ``config.json``: ``model_type="bert"`` with ``monarch_mixer_sequence_mixing: true``."""
+    return hf_config.get("model_type") == "bert" and bool(hf_config.get("monarch_mixer_sequence_mixing"))
 
 
 def _check_exportable(cfg: Any) -> None:
@@ -182,7 +191,7 @@ def prepare_state(state: dict[str, np.ndarray], cfg: Any) -> tuple[dict[str, np.
 
     Returns ``(state, notes)``: the state dict (position table tiled as the key table would) and
     human-readable notes (the ``pos_emb.z`` difference, the tiling). Raises
-    :class:`~jaxbert.convert.hf.CheckpointMismatchError` naming the keys when the six copies of a
+    :class:`~jaxbert.convert.report.CheckpointMismatchError` naming the keys when the six copies of a
     filter's shared ``freq`` disagree or ``pos_emb.z`` has the wrong width.
     """
     from jaxbert.models.layers.hyena import positional_features
@@ -267,16 +276,3 @@ def export_extras(state: dict[str, np.ndarray], cfg: Any) -> dict[str, np.ndarra
         if word is not None and "cls.predictions.decoder.bias" in state:
             out["cls.predictions.decoder.weight"] = np.array(word, copy=True)
     return out
-
-
-def _register() -> None:
-    from jaxbert.convert import hf
-    from jaxbert.models.m2.model import M2Config, M2Model
-
-    hf.ARCHITECTURES["m2_bert"] = hf.Architecture(
-        M2Config, M2Model, M2_BACKBONE_RULES, "bert.", head_rules=M2_HEAD_RULES, benign_keys=M2_BENIGN_KEYS,
-        other_head_keys=M2_OTHER_HEAD_KEYS, hf_architectures=M2_HF_ARCHITECTURES, prepare_state=prepare_state,
-        export_extras=export_extras)
-
-
-_register()

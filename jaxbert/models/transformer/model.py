@@ -126,6 +126,9 @@ class EncoderConfig:
     attention_probs_dropout_prob: float = 0.1
     embedding_dropout_prob: float | None = None  # None: hidden_dropout_prob
     classifier_dropout: float | None = None
+    # Sequence classification: a dense layer + this activation before the classifier (DistilBERT's
+    # pre_classifier: "relu"); None: the classifier reads the [CLS] state directly.
+    classifier_pre_activation: str | None = None
     # -- MLM head (EncoderForMaskedLM): dense -> act -> norm -> tied decoder
     head_act: str | None = None  # None: hidden_act
     head_bias: bool = True
@@ -154,7 +157,9 @@ class EncoderConfig:
         _choice("qkv_layout", self.qkv_layout, QKV_LAYOUTS)
         _choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
         _choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
-        for field in ("hidden_act",) + (("head_act",) if self.head_act is not None else ()):
+        for field in ("hidden_act", "head_act", "classifier_pre_activation"):
+            if getattr(self, field) is None:
+                continue
             _choice(field, getattr(self, field), tuple(sorted(ACTIVATIONS)))
         for field in ("dtype", "param_dtype"):
             _choice(field, getattr(self, field), tuple(sorted(DTYPES)))
