@@ -9,7 +9,7 @@ cosine similarity and nDCG@10. Here every BBC article becomes one query and one 
 * qrels: each title's only relevant document is its own body (gain 1).
 
 Files (BEIR layout read by :func:`jaxbert.eval.retrieval.load_retrieval_set` and the pair
-format of :mod:`jaxbert.data.pair_pipeline`), written once to
+format of :mod:`jaxbert.data.features.pairs`), written once to
 ``$JAXBERT_CACHE/derived/bbc_long-v1/`` and reused:
 
 * ``{split}_queries.jsonl`` ``{"id", "text"}``, ``{split}_corpus.jsonl`` ``{"id", "text"}``,

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbert.convert import hf as hf_convert
-from jaxbert.data.pipeline import LabelMap, make_eval_batches, make_train_iterator
+from jaxbert.data.features.text import make_eval_batches, make_train_iterator
+from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import JsonlSource
 from jaxbert.data.tokenization import check_vocab, load_tokenizer
 from jaxbert.eval.metrics import accuracy_and_f1

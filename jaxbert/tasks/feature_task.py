@@ -1,7 +1,7 @@
 """What the downstream tasks on pre-tokenized features share: model loading, batching, predicting.
 
 Token classification, extractive QA, multi-label classification and regression tokenize their
-data once into *features* (:mod:`jaxbert.data.feature_pipeline`) and differ only in targets,
+data once into *features* (:mod:`jaxbert.data.features.pretokenized`) and differ only in targets,
 loss and metrics. :class:`FeatureTask` gives them the training-loop interface
 (``train_source``, ``eval_sources``, ``train_iterator``, ``eval_batches``, ``sample_input``)
 from four attributes a subclass sets in ``__init__``:
@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxbert.compiler_options import compiler_options
 from jaxbert.convert import hf as hf_convert
-from jaxbert.data import feature_pipeline
+from jaxbert.data.features import pretokenized as feature_pipeline
 from jaxbert.data.tokenization import check_vocab, load_tokenizer
 from jaxbert.models import build_task_model, registry
 from jaxbert.tasks.classification import resolve_model_path

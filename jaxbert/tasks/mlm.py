@@ -43,7 +43,7 @@ import flax.linen as nn
 
 from jaxbert.convert import hf as hf_convert
 from jaxbert.data import masking as masking_lib
-from jaxbert.data.mlm_pipeline import build_rows, make_mlm_eval_batches, make_mlm_train_iterator
+from jaxbert.data.features.mlm import build_rows, make_mlm_eval_batches, make_mlm_train_iterator
 from jaxbert.data.sources import JsonlSource
 from jaxbert.data.tokenization import (check_vocab, load_tokenizer, round_vocab_size, tokenize_with_words,
                                        tokenizer_vocab_size, train_tokenizer)

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from jaxbert.convert import hf as hf_convert
-from jaxbert.data.qa_pipeline import QAExample, QAFeatures, SquadFile, build_qa_features, read_squad
+from jaxbert.data.features.qa import QAExample, QAFeatures, SquadFile, build_qa_features, read_squad
 from jaxbert.eval.squad import squad_scores
 from jaxbert.objectives.token_span import mask_padding, span_cross_entropy
 from jaxbert.tasks.feature_task import FeatureTask, load_model, pad_outputs, splits_of, subset_indices
