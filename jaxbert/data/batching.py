@@ -100,6 +100,20 @@ def shuffle_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed).generate_state(1, dtype=np.uint32)[0])
 
 
+def _hosts(process_index: int | None, process_count: int | None, batch_size: int,
+           bucketed: bool) -> tuple[int, int, int]:
+    """``(process_index, process_count, rows per host)``, checked; a per-host bucketed shape
+    (``bucketed``) is refused with several hosts."""
+    process_index, process_count = host_shard(process_index, process_count)
+    per_host = per_host_batch(batch_size, process_count)
+    if bucketed and process_count > 1:
+        raise ValueError(
+            "length bucketing picks the length from each host's own rows, so hosts would disagree "
+            f"on the batch shape (process_count={process_count}); use fixed max_length padding"
+        )
+    return process_index, process_count, per_host
+
+
 def _check_seed(seed: Any) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -363,13 +377,7 @@ def train_iterator(
       ``it.set_state(s)``), its spec ``{kind, num_records, global_batch_size, seed,
       process_index, process_count, **spec}``.
     """
-    process_index, process_count = host_shard(process_index, process_count)
-    per_host = per_host_batch(batch_size, process_count)
-    if bucketed and process_count > 1:
-        raise ValueError(
-            "length bucketing picks the length from each host's own rows, so hosts would disagree "
-            f"on the batch shape (process_count={process_count}); use fixed max_length padding"
-        )
+    process_index, process_count, per_host = _hosts(process_index, process_count, batch_size, bucketed)
     _check_seed(seed)
     if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs <= 0):
         raise ValueError(f"num_epochs must be a positive int or None (infinite), got {num_epochs!r}")
@@ -462,13 +470,7 @@ def eval_batches(
       A ``grain.MapDataset`` of batch dicts: ``len(ds)`` batches, ``ds[i]`` random access,
       ``for batch in ds`` to iterate.
     """
-    process_index, process_count = host_shard(process_index, process_count)
-    per_host = per_host_batch(batch_size, process_count)
-    if bucketed and process_count > 1:
-        raise ValueError(
-            "length bucketing picks the length from each host's own rows, so hosts would disagree "
-            f"on the batch shape (process_count={process_count}); use fixed max_length padding"
-        )
+    process_index, process_count, per_host = _hosts(process_index, process_count, batch_size, bucketed)
     if len(records) == 0:
         raise ValueError(f"{records!r} has no records: nothing to evaluate")
     total = math.ceil(len(records) / batch_size) * batch_size

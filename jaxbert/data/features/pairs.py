@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gzip
 import json
 import math
 import os
@@ -49,7 +48,7 @@ import numpy as np
 
 from jaxbert.data import batching
 from jaxbert.data.labels import LabelMap
-from jaxbert.data.sources import describe_record
+from jaxbert.data.sources import describe_record, read_jsonl_lines
 from jaxbert.data.tokenization import MODEL_KEYS, encode_batch
 
 __all__ = ["PairFields", "PairRecords", "PairCollate", "read_pair_records", "make_pair_iterator",
@@ -301,29 +300,16 @@ def make_pair_iterator(records: PairRecords, tokenizer: Any, *, batch_size: int,
 # ----------------------------------------------------------------------------- building pair files
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {lineno}: malformed JSON: {e.msg}") from None
-    return out
-
-
 def retrieval_pairs(queries_path: str | os.PathLike, qrels_path: str | os.PathLike,
                     corpus_path: str | os.PathLike) -> list[dict[str, str]]:
     """``{"anchor": query text, "positive": relevant doc text}`` for every positive qrel.
 
     Errors name the file and line of a qrel whose query or document is missing.
     """
-    queries = {r["id"]: r["text"] for _, r in _read_jsonl(Path(queries_path))}
-    corpus = {r["id"]: r["text"] for _, r in _read_jsonl(Path(corpus_path))}
+    queries = {r["id"]: r["text"] for _, r in read_jsonl_lines(queries_path)}
+    corpus = {r["id"]: r["text"] for _, r in read_jsonl_lines(corpus_path)}
     out = []
-    for lineno, r in _read_jsonl(Path(qrels_path)):
+    for lineno, r in read_jsonl_lines(qrels_path):
         if float(r.get("score", 1)) <= 0:
             continue
         if r["query_id"] not in queries:
