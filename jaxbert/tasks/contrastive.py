@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbert.compiler_options import compiler_options
+from jaxbert.data.batching import bucket_length
 from jaxbert.data.features.pairs import PairFields, make_pair_iterator, read_pair_records
 from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import JsonlSource
@@ -358,7 +359,7 @@ class ContrastiveTask:
             idx = order[start:start + batch_size]
             enc = encode_batch(self.tokenizer, [texts[i] for i in idx], max_length=self.eval_max_length,
                                pad_to="longest")
-            length = next(b for b in buckets if b >= enc["input_ids"].shape[1])
+            length = bucket_length(enc["input_ids"].shape[1], buckets)
             rows = len(idx)
             batch = {}
             for key in MODEL_INPUTS:

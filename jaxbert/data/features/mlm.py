@@ -161,8 +161,7 @@ def make_mlm_train_iterator(rows: Mapping[str, Any], masker: Any, *, batch_size:
     return batching.train_iterator(
         source, kind="mlm_train", batch_size=batch_size, seed=seed, collate=batching.stack,
         features=MaskRow(masker, num_predictions, with_segments=packed, with_ngrams=with_ngrams),
-        spec=spec,
-        process_index=process_index, process_count=process_count, read_options=read_options)
+        spec=spec, process_index=process_index, process_count=process_count, read_options=read_options)
 
 
 def make_mlm_eval_batches(rows: Mapping[str, Any], masker: Any, *, batch_size: int, seed: int,

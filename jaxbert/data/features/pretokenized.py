@@ -29,6 +29,7 @@ right-padded with their pad value; ``attention_mask`` is derived (1 on real toke
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -101,6 +102,12 @@ class FeatureCollate:
         return batch
 
 
+def _grouped_stream(features: Sequence[Mapping[str, Any]], batch_size: int, seed: int, group: int,
+                    num_epochs: int | None) -> batching.LengthGroupedStream:
+    lengths = np.array([len(f["input_ids"]) for f in features])
+    return batching.LengthGroupedStream(features, lengths, batch_size, batching.shuffle_seed(seed), group, num_epochs)
+
+
 def make_train_iterator(
     features: Sequence[Mapping[str, Any]],
     *,
@@ -130,11 +137,7 @@ def make_train_iterator(
     if group_by_length:
         if not shuffle:
             raise ValueError("group_by_length needs shuffle=True")
-
-        def stream() -> batching.LengthGroupedStream:
-            lengths = np.array([len(f["input_ids"]) for f in features])
-            return batching.LengthGroupedStream(features, lengths, batch_size, batching.shuffle_seed(seed),
-                                                int(group_by_length), num_epochs)
+        stream = functools.partial(_grouped_stream, features, batch_size, seed, int(group_by_length), num_epochs)
     full_spec = {
         "features_digest": features_digest(features),
         "shuffle": bool(shuffle),

@@ -1,4 +1,5 @@
-"""grain pipelines for supervised text tasks: records -> fields -> tokens -> (bucketed) batches.
+"""Classification text on the batching skeleton (:mod:`jaxbert.data.batching`): records ->
+fields -> tokens -> (bucketed) batches.
 
 Training (shuffled, repeated, sharded over hosts, checkpointable)::
 
