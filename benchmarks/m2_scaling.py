@@ -89,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build(model: str, length: int, args):
-    from jaxbert.models.transformer import model, m2
+    from jaxbert.models.m2 import model as m2
+    from jaxbert.models.transformer import model as encoder
 
     if model == "m2":
         cfg = m2.preset(args.m2_preset, max_position_embeddings=length, long_conv_l_max=length,
@@ -103,7 +104,7 @@ def build(model: str, length: int, args):
 
 
 def attention_fits(length: int, args) -> tuple[bool, float]:
-    from jaxbert.models.transformer import model
+    from jaxbert.models.transformer import model as encoder
 
     heads = encoder.preset(args.attention_preset).num_attention_heads
     need = 3 * heads * length * length * 4

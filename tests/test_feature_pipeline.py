@@ -1,4 +1,4 @@
-"""Feature batching (jaxbert/data/feature_pipeline.py): determinism, exact resume, length grouping,
+"""Feature batching (jaxbert/data/features/pretokenized.py): determinism, exact resume, length grouping,
 eval coverage with per-global-batch buckets, host sharding."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxbert.data import feature_pipeline as fp
+from jaxbert.data.features import pretokenized as fp
 
 SEQ_PAD = {"input_ids": 0, "labels": -1}
 

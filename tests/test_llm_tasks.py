@@ -132,7 +132,7 @@ def test_bad_configs(tmp_path, data_dir):
         task_cls(c)
 
     # A tokenizer with more ids than the model's vocabulary (llama-tiny: 256) is refused.
-    from jaxbert.data.llm_pipeline import build_word_tokenizer
+    from jaxbert.data.features.llm import build_word_tokenizer
     words = [f"w{i}" for i in range(400)]
     build_word_tokenizer([" ".join(words)], max_words=400).save_pretrained(str(tmp_path / "tok"))
     c = get_config("contrastive,tiny,runlocal")
@@ -150,7 +150,7 @@ def test_bad_configs(tmp_path, data_dir):
 
 
 def test_batch_iterator_resumes_exactly():
-    from jaxbert.data.llm_pipeline import IndexedBatchIterator
+    from jaxbert.data.batching import IndexedBatchIterator
 
     def make(idx, rng):
         return {"idx": idx.copy(), "noise": rng.integers(0, 1000, size=3)}

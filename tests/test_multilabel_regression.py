@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxbert.data.pipeline import LabelMap
+from jaxbert.data.labels import LabelMap
 from jaxbert.eval.multilabel import apply_thresholds, multilabel_scores, tune_thresholds
 from jaxbert.eval.regression import pearson, rankdata, regression_scores, spearman
 from task_roundtrip import quiet, train_and_restore

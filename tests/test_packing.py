@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbert.data.mlm_pipeline import chunk_documents
+from jaxbert.data.features.mlm import chunk_documents
 from jaxbert.data.packing import pack_rows, packing_efficiency, plan_bins, segment_positions
 from jaxbert.models.bert.model import BertConfig, BertModel, segment_positions as jax_segment_positions
 from jaxbert.models.mlm_decoders import DecoderConfig, EncoderForPretraining

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxbert.data.pair_pipeline import (PairFields, make_pair_iterator, read_pair_records, retrieval_pairs,
+from jaxbert.data.features.pairs import (PairFields, make_pair_iterator, read_pair_records, retrieval_pairs,
                                         span_mask)
-from jaxbert.data.pipeline import LabelMap
+from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import JsonlSource
 from jaxbert.data.tokenization import load_tokenizer
 

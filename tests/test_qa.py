@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxbert.data.qa_pipeline import build_qa_features, read_squad
+from jaxbert.data.features.qa import build_qa_features, read_squad
 from jaxbert.eval.squad import exact_match, f1_score, normalize_answer, squad_scores
 from jaxbert.tasks.question_answering import best_span, decode_answers
 from task_roundtrip import quiet, train_and_restore

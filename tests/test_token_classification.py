@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import read_jsonl
-from jaxbert.data.pipeline import LabelMap
-from jaxbert.data.token_pipeline import IGNORE, build_token_features
+from jaxbert.data.labels import LabelMap
+from jaxbert.data.features.tokens import IGNORE, build_token_features
 from jaxbert.eval import seqeval
 from task_roundtrip import quiet, train_and_restore
 

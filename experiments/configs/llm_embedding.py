@@ -105,13 +105,13 @@ def tuples_file(num_negatives: int = HARD_NEGATIVES) -> str:
 
     Derived from the data pack on first use and cached (``$JAXBERT_CACHE/derived/llm-tuples-v1``):
     the 4,000 train queries of ``wordnet_defs`` (never the test queries), each with ``num_negatives``
-    TF-IDF-mined hard negatives from ``corpus_20k`` (:func:`jaxbert.data.llm_pipeline.lexical_hard_negatives`).
+    TF-IDF-mined hard negatives from ``corpus_20k`` (:func:`jaxbert.data.features.llm.lexical_hard_negatives`).
     """
     import json
 
     from jaxbert.assets import cache_dir
-    from jaxbert.data.llm_pipeline import lexical_hard_negatives
-    from jaxbert.data.pair_pipeline import retrieval_pairs, write_jsonl
+    from jaxbert.data.features.llm import lexical_hard_negatives
+    from jaxbert.data.features.pairs import retrieval_pairs, write_jsonl
     from jaxbert.data.sources import data_dir
 
     out = cache_dir() / "derived" / "llm-tuples-v1" / f"wordnet_hn{num_negatives}.jsonl"

@@ -168,7 +168,7 @@ def pair_file(name: str) -> str:
     from pathlib import Path
 
     from jaxbert.assets import cache_dir
-    from jaxbert.data.pair_pipeline import retrieval_pairs, write_jsonl
+    from jaxbert.data.features.pairs import retrieval_pairs, write_jsonl
     from jaxbert.data.sources import data_dir
 
     root = data_dir()
@@ -236,7 +236,7 @@ def _sense_pairs(wn) -> list[dict]:
     import random
     from collections import defaultdict
 
-    from jaxbert.data.pair_pipeline import retrieval_pairs
+    from jaxbert.data.features.pairs import retrieval_pairs
 
     with gzip.open(wn / "corpus.jsonl.gz", "rt", encoding="utf-8") as f:
         corpus = [json.loads(l) for l in f if l.strip()]

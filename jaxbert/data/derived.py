@@ -23,19 +23,19 @@ stable correlation). Files are written once to ``$JAXBERT_CACHE/derived/<name>-v
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from jaxbert.data.sources import data_dir
+from jaxbert.data.sources import data_dir, read_jsonl_lines
 
-__all__ = ["DERIVED", "derived_dataset"]
+__all__ = ["DERIVED", "cache_root", "derived_dataset", "write_folder"]
 
 _POS = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
 VERSION = "v1"
@@ -44,9 +44,7 @@ VERSION = "v1"
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"data pack file not found: {path} (set $JAXBERT_DATA)")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [r for _, r in read_jsonl_lines(path)]
 
 
 def _split(items: list, fractions: tuple[float, ...]) -> list[list]:
@@ -87,8 +85,24 @@ def _simlex(root: Path) -> dict[str, list[dict]]:
 DERIVED = {"wordnet_pos": _wordnet_pos, "simlex999": _simlex}
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """``$JAXBERT_CACHE/derived`` (default ``~/.cache/jaxbert/derived``): where derived sets are written."""
     return Path(os.environ.get("JAXBERT_CACHE", "~/.cache/jaxbert")).expanduser() / "derived"
+
+
+def write_folder(out: Path, files: dict[str, list[dict]]) -> Path:
+    """Write ``out/<name>.jsonl`` for every ``name: rows`` at once (a temp folder renamed into place);
+    if another process built ``out`` concurrently, theirs is kept."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    for name, rows in files.items():
+        (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                           encoding="utf-8")
+    try:
+        os.replace(tmp, out)
+    except OSError:  # built concurrently by another process: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def derived_dataset(name: str, root: str | os.PathLike | None = None, out_root: str | os.PathLike | None = None
@@ -97,21 +111,10 @@ def derived_dataset(name: str, root: str | os.PathLike | None = None, out_root: 
     if name not in DERIVED:
         raise ValueError(f"unknown derived dataset {name!r}; known: {sorted(DERIVED)}")
     root = Path(root).expanduser() if root else data_dir()
-    out = (Path(out_root).expanduser() if out_root else _cache_root()) / f"{name}-{VERSION}"
+    out = (Path(out_root).expanduser() if out_root else cache_root()) / f"{name}-{VERSION}"
     if all((out / f"{s}.jsonl").is_file() for s in ("train", "validation", "test")):
         return out
-    splits = DERIVED[name](root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    for split, rows in splits.items():
-        (tmp / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                            encoding="utf-8")
-    try:
-        os.replace(tmp, out)
-    except OSError:  # built concurrently by another process: keep theirs
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_folder(out, DERIVED[name](root))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ cosine similarity and nDCG@10. Here every BBC article becomes one query and one 
 * qrels: each title's only relevant document is its own body (gain 1).
 
 Files (BEIR layout read by :func:`jaxbert.eval.retrieval.load_retrieval_set` and the pair
-format of :mod:`jaxbert.data.pair_pipeline`), written once to
+format of :mod:`jaxbert.data.features.pairs`), written once to
 ``$JAXBERT_CACHE/derived/bbc_long-v1/`` and reused:
 
 * ``{split}_queries.jsonl`` ``{"id", "text"}``, ``{split}_corpus.jsonl`` ``{"id", "text"}``,
@@ -29,9 +29,9 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
+from jaxbert.data.derived import cache_root, write_folder
 from jaxbert.data.sources import data_dir
 
 VERSION = "v1"
@@ -83,29 +83,14 @@ def build_rows(root: Path) -> dict[str, list[dict]]:
     return files
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("JAXBERT_CACHE", "~/.cache/jaxbert")).expanduser() / "derived"
-
-
 def bbc_long_retrieval(root: str | os.PathLike | None = None, out_root: str | os.PathLike | None = None) -> Path:
     """The folder holding the files listed in the module docstring (built on first use)."""
     root = Path(root).expanduser() if root else data_dir()
-    out = (Path(out_root).expanduser() if out_root else _cache_root()) / f"bbc_long-{VERSION}"
+    out = (Path(out_root).expanduser() if out_root else cache_root()) / f"bbc_long-{VERSION}"
     names = [f"{s}_{k}" for s in SPLITS for k in ("queries", "corpus", "qrels")] + ["train_pairs"]
     if all((out / f"{n}.jsonl").is_file() for n in names):
         return out
-    files = build_rows(root)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    for name, rows in files.items():
-        (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                           encoding="utf-8")
-    try:
-        os.replace(tmp, out)
-    except OSError:  # built concurrently by another process: keep theirs
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_folder(out, build_rows(root))
 
 
 if __name__ == "__main__":

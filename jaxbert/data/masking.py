@@ -156,6 +156,12 @@ def _check_row(token_ids: np.ndarray, word_ids: np.ndarray) -> tuple[np.ndarray,
     return t.astype(np.int32), w.astype(np.int32)
 
 
+def _start_row(token_ids: np.ndarray, word_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(tokens, words, inputs, labels)``: the checked row, a copy to mask, all labels IGNORE."""
+    t, w = _check_row(token_ids, word_ids)
+    return t, w, t.copy(), np.full_like(t, IGNORE)
+
+
 def _replace(inputs: np.ndarray, positions: np.ndarray, spec: MaskingSpec, rng: np.random.Generator,
              pool: np.ndarray) -> None:
     """80/10/10 for one unit (all ``positions`` share the decision), in place."""
@@ -169,18 +175,21 @@ def _replace(inputs: np.ndarray, positions: np.ndarray, spec: MaskingSpec, rng: 
 # ------------------------------------------------------------------------------ maskers
 
 
-class RandomTokenMasker:
-    """BERT: ``rate`` of the maskable tokens, chosen uniformly; 80/10/10 per token."""
-
-    kind = "random"
+class _SpecMasker:
+    """A masker configured by a :class:`MaskingSpec` alone."""
 
     def __init__(self, spec: MaskingSpec):
         self.spec = spec
         self._pool = spec.random_pool
 
+
+class RandomTokenMasker(_SpecMasker):
+    """BERT: ``rate`` of the maskable tokens, chosen uniformly; 80/10/10 per token."""
+
+    kind = "random"
+
     def __call__(self, token_ids, word_ids, rng: np.random.Generator):
-        t, w = _check_row(token_ids, word_ids)
-        inputs, labels = t.copy(), np.full_like(t, IGNORE)
+        t, w, inputs, labels = _start_row(token_ids, word_ids)
         candidates = np.flatnonzero(w >= 0)
         k = _budget(len(candidates), self.spec.rate, rng)
         if k == 0:
@@ -196,7 +205,7 @@ class RandomTokenMasker:
         return inputs, labels
 
 
-class WholeWordMasker:
+class WholeWordMasker(_SpecMasker):
     """Whole-word masking: words in random order, each taken whole if it fits the token budget.
 
     A word that would overflow the budget is skipped (Google's ``create_pretraining_data``
@@ -205,13 +214,8 @@ class WholeWordMasker:
 
     kind = "whole_word"
 
-    def __init__(self, spec: MaskingSpec):
-        self.spec = spec
-        self._pool = spec.random_pool
-
     def __call__(self, token_ids, word_ids, rng: np.random.Generator):
-        t, w = _check_row(token_ids, word_ids)
-        inputs, labels = t.copy(), np.full_like(t, IGNORE)
+        t, w, inputs, labels = _start_row(token_ids, word_ids)
         starts, ends = word_spans(w)
         budget = _budget(int((w >= 0).sum()), self.spec.rate, rng)
         count = 0
@@ -256,8 +260,7 @@ class SpanMasker:
         return float((np.arange(1, self.max_span + 1) * self.length_probs).sum())
 
     def __call__(self, token_ids, word_ids, rng: np.random.Generator):
-        t, w = _check_row(token_ids, word_ids)
-        inputs, labels = t.copy(), np.full_like(t, IGNORE)
+        t, w, inputs, labels = _start_row(token_ids, word_ids)
         starts, ends = word_spans(w)
         nw = len(starts)
         budget = _budget(int((w >= 0).sum()), self.spec.rate, rng)

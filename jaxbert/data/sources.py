@@ -23,11 +23,32 @@ __all__ = [
     "JsonlSource",
     "data_dir",
     "describe_record",
+    "read_jsonl_lines",
     "tfds_source",
     "write_array_record",
 ]
 
 PathLike = str | os.PathLike
+
+
+def read_jsonl_lines(path: PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of every non-blank line of a ``.jsonl`` / ``.jsonl.gz`` file.
+
+    Errors name the file (and the line of malformed JSON).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSONL file not found: {path}")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {lineno}: malformed JSON: {e.msg}") from None
+    return out
 
 
 def data_dir() -> Path:

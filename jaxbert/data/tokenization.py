@@ -7,7 +7,7 @@
 
 Padding is always on the right and done here in numpy (not by the tokenizer), so shapes are
 exactly what the caller asked for: ``max_length`` by default, the longest row
-(``pad_to="longest"``) or an explicit length such as a bucket (``pad_to=bucket_length(...)``).
+(``pad_to="longest"``) or an explicit length such as a bucket (``pad_to=batching.bucket_length(...)``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MODEL_KEYS",
     "TOKENIZER_MODELS",
-    "bucket_length",
     "check_vocab",
     "encode_batch",
     "load_tokenizer",
@@ -76,6 +76,10 @@ def _check_texts(texts: Any, name: str) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"{name}[{i}] must be str, got {type(t).__name__}: {t!r:.80}")
     return list(texts)
+
+
+#: The arrays :func:`encode_batch` returns (the encoder inputs), each int32 ``[B, L]``.
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def encode_batch(
@@ -177,19 +181,6 @@ def check_vocab(tokenizer: Any, vocab_size: int) -> int:
             "the embedding table. Use the tokenizer that matches the checkpoint, or resize the embeddings."
         )
     return n
-
-
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= ``n``; ``ValueError`` if ``n`` exceeds every bucket."""
-    if not buckets:
-        raise ValueError("buckets must be a non-empty sequence of positive ints")
-    ordered = sorted(buckets)
-    if ordered[0] <= 0:
-        raise ValueError(f"buckets must be positive, got {list(buckets)}")
-    for b in ordered:
-        if b >= n:
-            return int(b)
-    raise ValueError(f"length {n} exceeds the largest bucket {ordered[-1]} (buckets: {ordered})")
 
 
 # ----------------------------------------------------------------------------- training

@@ -194,7 +194,7 @@ def build_rop_pairs(passages: Sequence[tuple[np.ndarray, np.ndarray]], attention
 
 def build_rop_pairs_for_task(task: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
     """Read the teacher, build passages from the train texts and precompute the ROP pairs."""
-    from jaxbert.data.mlm_pipeline import chunk_documents
+    from jaxbert.data.features.mlm import chunk_documents
     from jaxbert.data.tokenization import tokenize_with_words
     from jaxbert.tasks.base import Task, resolve_model_path
 

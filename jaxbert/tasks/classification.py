@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxbert.data.pipeline import LabelMap, make_eval_batches, make_train_iterator
+from jaxbert.data.features.text import make_eval_batches, make_train_iterator
+from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import JsonlSource
 from jaxbert.eval.metrics import accuracy_and_f1
 from jaxbert.objectives.classification import softmax_cross_entropy

@@ -4,7 +4,7 @@ or scored-pair loss; retrieval / similarity evaluation; sentence-transformers ex
 Config keys read (see ``experiments/configs/sentence_embedding.py``)::
 
     model.init_from / model.preset / model.overrides     as the classification task
-    data.train                 JSONL of pairs (jaxbert/data/pair_pipeline.py)
+    data.train                 JSONL of pairs (jaxbert/data/features/pairs.py)
     data.anchor_field, positive_field, negative_field, score_field, label_field, domain_field,
     data.teacher_field         record field names
     data.teacher_dir           DSE: a cross-encoder (HF sequence-classification dir) that scores
@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbert.compiler_options import compiler_options
-from jaxbert.data.pair_pipeline import PairFields, make_pair_iterator, read_pair_records
-from jaxbert.data.pipeline import LabelMap
+from jaxbert.data.batching import bucket_length
+from jaxbert.data.features.pairs import PairFields, make_pair_iterator, read_pair_records
+from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import JsonlSource
 from jaxbert.data.tokenization import encode_batch, load_tokenizer
 from jaxbert.eval import retrieval as retrieval_eval
@@ -359,7 +360,7 @@ class ContrastiveTask(Task):
             idx = order[start:start + batch_size]
             enc = encode_batch(self.tokenizer, [texts[i] for i in idx], max_length=self.eval_max_length,
                                pad_to="longest")
-            length = next(b for b in buckets if b >= enc["input_ids"].shape[1])
+            length = bucket_length(enc["input_ids"].shape[1], buckets)
             rows = len(idx)
             batch = {}
             for key in MODEL_INPUTS:
@@ -436,7 +437,7 @@ def write_teacher_logits(pairs_path: str | os.PathLike, teacher_dir: str | os.Pa
     """DSE step 1: score every ``(text, pair)`` record with a cross-encoder teacher (an HF
     sequence-classification directory, e.g. the ``cross_encoder`` config's export) and write the
     records with the teacher's logits in ``teacher_field`` (the student's regression targets)."""
-    from jaxbert.data.pair_pipeline import write_jsonl
+    from jaxbert.data.features.pairs import write_jsonl
 
     src = JsonlSource(os.path.expanduser(pairs_path))
     pre = Task.load_checkpoint(teacher_dir, "sequence_classification")

@@ -1,7 +1,7 @@
 """What the downstream tasks on pre-tokenized features share: model loading, batching, predicting.
 
 Token classification, extractive QA, multi-label classification and regression tokenize their
-data once into *features* (:mod:`jaxbert.data.feature_pipeline`) and differ only in targets,
+data once into *features* (:mod:`jaxbert.data.features.pretokenized`) and differ only in targets,
 loss and metrics. :class:`FeatureTask` gives them the training-loop interface
 (``train_source``, ``eval_sources``, ``train_iterator``, ``eval_batches``, ``sample_input``)
 from four attributes a subclass sets in ``__init__``:
@@ -32,7 +32,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jaxbert.compiler_options import compiler_options
-from jaxbert.data import feature_pipeline
+from jaxbert.data.features import pretokenized as feature_pipeline
 from jaxbert.tasks.base import Task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

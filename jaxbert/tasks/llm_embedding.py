@@ -35,7 +35,7 @@ Config keys read (``experiments/configs/llm_embedding.py`` sets them all)::
     llm.word_vocab_size, llm.max_train_records, llm.mix.*, llm.mntp.*, llm.grl.*
     evals.<name>, eval_splits   retrieval (nDCG@10, MRR@10, Recall@k), lee, word_similarity sets
 
-Batch layouts: :mod:`jaxbert.data.llm_pipeline`. Train metrics: ``loss``, ``accuracy`` (MNTP:
+Batch layouts: :mod:`jaxbert.data.features.llm`. Train metrics: ``loss``, ``accuracy`` (MNTP:
 top-1 of the masked tokens; contrastive / GRL: top-1 of each query's positive among the batch's
 positives), and the objective's own terms (``infonce``, ``p_pos``, ``gen_loss``, ``kl_loss``, ...),
 means over the global batch.
@@ -57,7 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbert.data.llm_pipeline import IndexedBatchIterator, bucket_for, build_word_tokenizer, pad_rows
+from jaxbert.data.batching import IndexedBatchIterator, bucket_length as bucket_for
+from jaxbert.data.features.llm import build_word_tokenizer, pad_rows
 from jaxbert.data.sources import JsonlSource
 from jaxbert.eval import retrieval as retrieval_eval
 from jaxbert.models.llm.pooling import canonical_pooling, llm_pool
@@ -182,7 +183,7 @@ class LlmEmbeddingTask(Task):
             self.train_texts = self._read_texts(src, data.text_field)
             self.train_source = self.train_texts
         else:
-            from jaxbert.data.pair_pipeline import PairFields, read_pair_records
+            from jaxbert.data.features.pairs import PairFields, read_pair_records
             neg_field = _get(data, "negative_field") if self.num_negatives else None
             recs = read_pair_records(src, PairFields(anchor=data.anchor_field, positive=data.positive_field,
                                                      negative=neg_field))

@@ -46,10 +46,11 @@ from ml_collections import config_dict
 
 from jaxbert.convert import hf as hf_convert
 from jaxbert.data import masking as masking_lib
-from jaxbert.data.mlm_pipeline import build_rows, make_mlm_eval_batches, make_mlm_train_iterator
+from jaxbert.data.features.mlm import build_rows, make_mlm_eval_batches, make_mlm_train_iterator
 from jaxbert.data.sources import JsonlSource
 from jaxbert.data.tokenization import (check_vocab, load_tokenizer, round_vocab_size, tokenize_with_words,
                                        tokenizer_vocab_size, train_tokenizer)
+from jaxbert.models import registry
 from jaxbert.models.mlm_decoders import PRETRAINING_ONLY, DecoderConfig, EncoderForPretraining, split_pretraining_params
 from jaxbert.objectives.mlm import masked_lm_loss, pairwise_hinge_loss
 from jaxbert.tasks.base import Task, model_overrides, register, resolve_model_path

@@ -30,7 +30,7 @@ import numpy as np
 
 import ml_collections
 
-from jaxbert.data.pipeline import LabelMap
+from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import JsonlSource, describe_record
 from jaxbert.eval.multilabel import apply_thresholds, multilabel_scores, tune_thresholds
 from jaxbert.objectives.classification import sigmoid_cross_entropy

@@ -34,7 +34,7 @@ import numpy as np
 import ml_collections
 from ml_collections import config_dict
 
-from jaxbert.data.qa_pipeline import QAExample, QAFeatures, SquadFile, build_qa_features, read_squad
+from jaxbert.data.features.qa import QAExample, QAFeatures, SquadFile, build_qa_features, read_squad
 from jaxbert.eval.squad import squad_scores
 from jaxbert.objectives.token_span import mask_padding, span_cross_entropy
 from jaxbert.tasks.base import register

@@ -15,7 +15,7 @@ Config keys read (engine defaults in ``experiments/configs/common.py``, this tas
     data.train_subset(_seed)           train on a seeded random subset of sentences
 
 Words are split into pieces, sentences longer than ``max_length`` into chunks between words
-(:mod:`jaxbert.data.token_pipeline`), so every word of every sentence is predicted. Metrics
+(:mod:`jaxbert.data.features.tokens`), so every word of every sentence is predicted. Metrics
 per split (word level, each word read at its first piece): ``accuracy`` (token accuracy,
 seqeval's ``accuracy_score``), ``macro_f1`` over tags and, with a BIO/BIOES scheme, span
 ``precision``/``recall``/``f1`` (seqeval-compatible, :mod:`jaxbert.eval.seqeval`); ``loss``
@@ -32,9 +32,9 @@ import numpy as np
 
 import ml_collections
 
-from jaxbert.data.pipeline import LabelMap
+from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import JsonlSource, describe_record
-from jaxbert.data.token_pipeline import IGNORE, TokenFeatures, build_token_features, read_words
+from jaxbert.data.features.tokens import IGNORE, TokenFeatures, build_token_features, read_words
 from jaxbert.eval import seqeval
 from jaxbert.eval.metrics import accuracy_and_f1
 from jaxbert.objectives.token_span import token_cross_entropy

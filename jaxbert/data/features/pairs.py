@@ -34,8 +34,8 @@ any other, and the loss sees the global batch (all devices' texts as negatives).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import gzip
 import json
 import math
 import os
@@ -46,14 +46,14 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxbert.data.pipeline import LabelMap, PipelineIterator, _check_batch, _process_defaults, _shuffle_seed
-from jaxbert.data.sources import describe_record
-from jaxbert.data.tokenization import bucket_length
+from jaxbert.data import batching
+from jaxbert.data.labels import LabelMap
+from jaxbert.data.sources import describe_record, read_jsonl_lines
+from jaxbert.data.tokenization import MODEL_KEYS, encode_batch
 
 __all__ = ["PairFields", "PairRecords", "PairCollate", "read_pair_records", "make_pair_iterator",
            "span_mask", "retrieval_pairs", "write_jsonl"]
 
-MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 MIRROR_MIN_CHARS = 30  # Mirror-BERT leaves shorter texts unmasked
 
 
@@ -239,15 +239,12 @@ class _TokenizeTexts(grain.transforms.Map):
     """``texts`` (K strings) -> ``input_ids``/``attention_mask``/``token_type_ids`` int32 ``[K, max_length]``."""
 
     def __init__(self, tokenizer: Any, max_length: int):
-        import copy
-        from jaxbert.data.tokenization import encode_batch
         self.tokenizer = copy.deepcopy(tokenizer)
         self.max_length = max_length
         # Set the backend truncation state once, before grain's threads encode.
         encode_batch(self.tokenizer, ["warm up"], max_length=max_length)
 
     def map(self, element: dict) -> dict:
-        from jaxbert.data.tokenization import encode_batch
         out = dict(element)
         enc = encode_batch(self.tokenizer, out.pop("texts"), max_length=self.max_length)
         out.update(enc)
@@ -255,21 +252,19 @@ class _TokenizeTexts(grain.transforms.Map):
 
 
 class PairCollate:
-    """Stack ``[K, L]`` rows into ``[B, K, L]``; trim ``L`` to the smallest bucket >= the longest text."""
+    """Stack ``[K, L]`` rows into ``[B, K, L]``; trim ``L`` to the smallest bucket >= the longest text.
+
+    Targets are cast: ``scores`` / ``teacher`` float32, ``labels`` / ``domains`` int32.
+    """
 
     def __init__(self, max_length: int, buckets: Sequence[int] | None = None):
         self.max_length = max_length
-        self.buckets = None if buckets is None else tuple(sorted({int(b) for b in buckets} | {max_length}))
-        if self.buckets is not None and (self.buckets[0] <= 0 or self.buckets[-1] > max_length):
-            raise ValueError(f"buckets must be positive and <= max_length={max_length}, got {list(buckets)}")
+        self.buckets = batching.bucket_set(max_length, buckets)
 
     def __call__(self, elements: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        batch = {k: np.stack([np.asarray(e[k]) for e in elements]) for k in elements[0]}
+        batch = batching.stack(elements)
         if self.buckets is not None:
-            longest = int(batch["attention_mask"].sum(axis=-1).max())
-            length = bucket_length(longest, self.buckets)
-            for k in MODEL_KEYS:
-                batch[k] = batch[k][..., :length]
+            batching.trim_to_bucket(batch, self.buckets, MODEL_KEYS)
         for k, dt in (("scores", np.float32), ("labels", np.int32), ("domains", np.int32), ("teacher", np.float32)):
             if k in batch:
                 batch[k] = batch[k].astype(dt)
@@ -279,51 +274,30 @@ class PairCollate:
 def make_pair_iterator(records: PairRecords, tokenizer: Any, *, batch_size: int, seed: int, max_length: int,
                        buckets: Sequence[int] | None = None, mirror_span: int = 0, shuffle: bool = True,
                        process_index: int | None = None, process_count: int | None = None,
-                       spec: Mapping[str, Any] | None = None) -> PipelineIterator:
+                       spec: Mapping[str, Any] | None = None) -> batching.PipelineIterator:
     """Shuffled, repeated, host-sharded, checkpointable iterator of pair batches (module docstring).
 
     ``mirror_span > 0`` span-masks the second text of every row (Mirror-BERT). Host ``p`` of
     ``P`` keeps stream rows ``p, p + P, ...``; all hosts must agree on ``L``, so ``buckets``
     needs a single host.
     """
-    process_index, process_count = _process_defaults(process_index, process_count)
-    per_host = _check_batch(batch_size, process_count)
-    if buckets is not None and process_count > 1:
-        raise ValueError("length buckets are chosen per host; use fixed max_length padding with several processes")
     if len(records) < batch_size:
         raise ValueError(f"{len(records)} pair records are fewer than one global batch of {batch_size}")
     collate = PairCollate(max_length, buckets)
-    ds = grain.MapDataset.source(_PairItems(records))
-    if shuffle:
-        ds = ds.shuffle(seed=_shuffle_seed(seed))
-    ds = ds.repeat(None)
+    augment = None
     if mirror_span:
-        ds = ds.map_with_index(_Augment(seed, int(mirror_span), getattr(tokenizer, "mask_token", None) or "[MASK]"))
-    ds = ds[process_index::process_count]
-    ds = ds.map(_TokenizeTexts(tokenizer, max_length))
-    ds = ds.batch(per_host, drop_remainder=True, batch_fn=collate)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
-    full_spec = {"kind": "pairs", "num_records": len(records), "global_batch_size": batch_size, "seed": seed,
-                 "shuffle": bool(shuffle), "max_length": max_length, "num_texts": records.num_texts,
+        augment = _Augment(seed, int(mirror_span), getattr(tokenizer, "mask_token", None) or "[MASK]")
+    full_spec = {"shuffle": bool(shuffle), "max_length": max_length, "num_texts": records.num_texts,
                  "buckets": list(collate.buckets) if collate.buckets else None, "mirror_span": int(mirror_span),
-                 "process_index": process_index, "process_count": process_count, **dict(spec or {})}
-    return PipelineIterator(iter(it), full_spec)
+                 **dict(spec or {})}
+    return batching.train_iterator(
+        _PairItems(records), kind="pairs", batch_size=batch_size, seed=seed, collate=collate,
+        features=_TokenizeTexts(tokenizer, max_length), augment=augment, shuffle=shuffle,
+        bucketed=collate.buckets is not None, spec=full_spec, process_index=process_index,
+        process_count=process_count, read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
 
 
 # ----------------------------------------------------------------------------- building pair files
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {lineno}: malformed JSON: {e.msg}") from None
-    return out
 
 
 def retrieval_pairs(queries_path: str | os.PathLike, qrels_path: str | os.PathLike,
@@ -332,10 +306,10 @@ def retrieval_pairs(queries_path: str | os.PathLike, qrels_path: str | os.PathLi
 
     Errors name the file and line of a qrel whose query or document is missing.
     """
-    queries = {r["id"]: r["text"] for _, r in _read_jsonl(Path(queries_path))}
-    corpus = {r["id"]: r["text"] for _, r in _read_jsonl(Path(corpus_path))}
+    queries = {r["id"]: r["text"] for _, r in read_jsonl_lines(queries_path)}
+    corpus = {r["id"]: r["text"] for _, r in read_jsonl_lines(corpus_path)}
     out = []
-    for lineno, r in _read_jsonl(Path(qrels_path)):
+    for lineno, r in read_jsonl_lines(qrels_path):
         if float(r.get("score", 1)) <= 0:
             continue
         if r["query_id"] not in queries:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxbert.data.pipeline import LabelMap
+from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import describe_record
 
 __all__ = ["ALIGNMENTS", "IGNORE", "TokenFeatures", "build_token_features", "continuation_ids", "read_words"]

@@ -1,9 +1,11 @@
 """Batches for LLM-embedder training (:mod:`jaxbert.tasks.llm_embedding`): MNTP rows, contrastive
 tuples and GRL generation rows, from texts tokenized once up front.
 
-Everything here is host-side numpy. The training iterator (:class:`IndexedBatchIterator`) is a
-deterministic function of ``(seed, step)``: epoch ``e`` visits the records in the permutation
-drawn from ``(seed, e)``, and the random choices of step ``s`` (MNTP masking) come from a
+Everything here is host-side numpy. The task builds whole batches with :func:`pad_rows` and
+:func:`jaxbert.data.batching.bucket_length`, streamed by
+:class:`jaxbert.data.batching.IndexedBatchIterator`, a deterministic function of
+``(seed, step)``: epoch ``e`` visits the records in the permutation drawn from ``(seed, e)``, and
+the random choices of step ``s`` (MNTP masking) come from a
 generator seeded with ``(seed, s)``. Its state is therefore one integer, so a resumed run sees
 exactly the batches an uninterrupted run would have seen.
 
@@ -28,15 +30,12 @@ from __future__ import annotations
 
 import collections
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from jaxbert.data.pipeline import _normalise
-
-__all__ = ["build_word_tokenizer", "lexical_hard_negatives", "bucket_for", "pad_rows", "IndexedBatchIterator",
-           "WORD_SPECIALS"]
+__all__ = ["WORD_SPECIALS", "build_word_tokenizer", "lexical_hard_negatives", "pad_rows"]
 
 #: Special tokens of :func:`build_word_tokenizer`, ids 0..4 in this order.
 WORD_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>", "<mask>")
@@ -110,14 +109,6 @@ def lexical_hard_negatives(queries: Sequence[str], positives: Sequence[str], cor
     return out
 
 
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= ``length`` (``buckets`` sorted ascending; the last one caps)."""
-    for b in buckets:
-        if b >= length:
-            return int(b)
-    raise ValueError(f"a row of {length} tokens exceeds the largest length bucket {buckets[-1]}")
-
-
 def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, skip: Sequence[int] | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Right-pad token lists to ``length`` -> ``(input_ids, attention_mask, embed_mask)`` int32 ``[n, length]``.
@@ -138,80 +129,3 @@ def pad_rows(seqs: Sequence[Sequence[int]], length: int, pad_id: int, skip: Sequ
         for r, k in enumerate(skip):
             embed[r, :int(k)] = 0
     return ids, mask, embed
-
-
-class IndexedBatchIterator:
-    """Infinite, seeded, checkpointable stream of batches built by ``make_batch(indices, rng)``.
-
-    Global step ``s`` covers stream positions ``[s B, (s + 1) B)`` of the concatenated per-epoch
-    permutations of ``range(num_records)``; this host builds rows ``[p B / P, (p + 1) B / P)`` of
-    them. ``make_batch(indices, rng)`` gets the record indices and a ``numpy`` generator seeded with
-    ``(seed, s)`` (the same on every host). ``get_state()`` / ``set_state()`` follow
-    :class:`jaxbert.data.pipeline.PipelineIterator`: ``{"pipeline": spec, "iterator": {"step": s}}``;
-    a state saved with another spec (seed, batch size, records, ...) is refused.
-    """
-
-    def __init__(self, num_records: int, batch_size: int, seed: int,
-                 make_batch: Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]], *,
-                 spec: Mapping[str, Any] | None = None, shuffle: bool = True,
-                 process_index: int | None = None, process_count: int | None = None):
-        from jaxbert.data.pipeline import _check_batch, _process_defaults
-
-        self.process_index, self.process_count = _process_defaults(process_index, process_count)
-        self.per_host = _check_batch(batch_size, self.process_count)
-        if num_records < batch_size:
-            raise ValueError(f"{num_records} training records are fewer than one global batch of {batch_size}")
-        self.num_records, self.batch_size, self.seed = int(num_records), int(batch_size), int(seed)
-        self.shuffle = bool(shuffle)
-        self.make_batch = make_batch
-        self.step = 0
-        self._orders: dict[int, np.ndarray] = {}
-        self.spec = {"kind": "indexed", "num_records": self.num_records, "global_batch_size": self.batch_size,
-                     "seed": self.seed, "shuffle": self.shuffle, "process_index": self.process_index,
-                     "process_count": self.process_count, **dict(spec or {})}
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.num_records // self.batch_size
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            if len(self._orders) > 2:
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = (np.random.default_rng([self.seed, epoch]).permutation(self.num_records)
-                                   if self.shuffle else np.arange(self.num_records))
-        return self._orders[epoch]
-
-    def indices(self, step: int) -> np.ndarray:
-        """Record indices of this host's rows at global ``step``."""
-        start = step * self.batch_size + self.process_index * self.per_host
-        pos = np.arange(start, start + self.per_host)
-        out = np.empty(self.per_host, np.int64)
-        for e in np.unique(pos // self.num_records):
-            sel = pos // self.num_records == e
-            out[sel] = self._order(int(e))[pos[sel] % self.num_records]
-        return out
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.make_batch(self.indices(self.step), np.random.default_rng([self.seed, 0x11A, self.step]))
-        self.step += 1
-        return batch
-
-    def get_state(self) -> dict[str, Any]:
-        return {"pipeline": dict(self.spec), "iterator": {"step": int(self.step)}}
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        if not isinstance(state, Mapping) or "pipeline" not in state or "iterator" not in state:
-            raise ValueError("not a jaxbert pipeline state: expected a dict with keys 'pipeline' and 'iterator', "
-                             f"got {type(state).__name__} {sorted(state) if isinstance(state, Mapping) else ''}")
-        saved = dict(state["pipeline"])
-        diffs = [f"{k}: saved {saved.get(k)!r}, current {self.spec.get(k)!r}"
-                 for k in sorted(set(saved) | set(self.spec))
-                 if _normalise(saved.get(k)) != _normalise(self.spec.get(k))]
-        if diffs:
-            raise ValueError("iterator state was saved by a differently configured pipeline; restoring it would "
-                             "not continue the same data stream:\n  " + "\n  ".join(diffs))
-        self.step = int(state["iterator"]["step"])

@@ -27,9 +27,9 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxbert.data.masking import IGNORE, to_targets
+from jaxbert.data.masking import to_targets
 from jaxbert.data.packing import pack_rows, packing_efficiency, segment_positions
-from jaxbert.data.pipeline import PipelineIterator, _check_batch, _process_defaults, _shuffle_seed
+from jaxbert.data import batching
 
 __all__ = ["MaskRow", "RowsSource", "build_rows", "chunk_documents", "make_mlm_eval_batches",
            "make_mlm_train_iterator"]
@@ -89,23 +89,25 @@ def build_rows(docs: Sequence[tuple[np.ndarray, np.ndarray]], tokenizer: Any, ma
 
 
 class RowsSource:
-    """Random access over the rows of :func:`build_rows` (grain data source)."""
+    """Random access over the rows of :func:`build_rows` (grain data source): item ``i`` is
+    ``{"input_ids", "word_ids", "segment_ids"}``, each int32 ``[L]``."""
 
     KEYS = ("input_ids", "word_ids", "segment_ids")
 
-    def __init__(self, rows: Mapping[str, Any], pad_rows_to: int | None = None):
+    def __init__(self, rows: Mapping[str, Any]):
         self.arrays = {k: np.asarray(rows[k]) for k in self.KEYS}
         self.num_rows = int(self.arrays["input_ids"].shape[0])
-        self.length = max(self.num_rows, pad_rows_to or 0)
         self.pad_id = int(rows.get("pad_token_id", 0)) if isinstance(rows, dict) else 0
 
     def __len__(self) -> int:
-        return self.length
+        return self.num_rows
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         index = int(index)
-        if index < self.num_rows:
-            return {k: v[index] for k, v in self.arrays.items()}
+        return {k: v[index] for k, v in self.arrays.items()}
+
+    def pad_row(self) -> dict[str, np.ndarray]:
+        """An empty row (pad tokens, no words, segment 0): the padding of evaluation batches."""
         L = self.arrays["input_ids"].shape[1]
         return {"input_ids": np.full(L, self.pad_id, np.int32), "word_ids": np.full(L, -1, np.int32),
                 "segment_ids": np.zeros(L, np.int32)}
@@ -140,10 +142,6 @@ class MaskRow(grain.transforms.RandomMap):
         return out
 
 
-def _collate(elements: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.stack([e[k] for e in elements]) for k in elements[0]}
-
-
 def _masker_name(masker: Any) -> str:
     return getattr(masker, "kind", type(masker).__name__)
 
@@ -151,26 +149,19 @@ def _masker_name(masker: Any) -> str:
 def make_mlm_train_iterator(rows: Mapping[str, Any], masker: Any, *, batch_size: int, seed: int,
                             num_predictions: int, packed: bool = True, with_ngrams: bool = False,
                             process_index: int | None = None, process_count: int | None = None,
-                            read_options: grain.ReadOptions | None = None) -> PipelineIterator:
-    """Shuffled, repeated, host-sharded, checkpointable iterator of masked MLM batches."""
-    process_index, process_count = _process_defaults(process_index, process_count)
-    per_host = _check_batch(batch_size, process_count)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+                            read_options: grain.ReadOptions | None = None) -> batching.PipelineIterator:
+    """Shuffled, repeated, host-sharded, checkpointable iterator of masked MLM batches.
+
+    Masks are drawn per host after sharding (seeded by ``seed`` and the row's position), so
+    every epoch sees fresh masks and a restored iterator resumes with the same ones.
+    """
     source = RowsSource(rows)
-    if len(source) == 0:
-        raise ValueError("no MLM rows to train on")
-    ds = grain.MapDataset.source(source).shuffle(seed=_shuffle_seed(seed)).repeat(None)
-    ds = ds[process_index::process_count]
-    ds = ds.random_map(MaskRow(masker, num_predictions, with_segments=packed, with_ngrams=with_ngrams),
-                       seed=_shuffle_seed(seed + 1))
-    ds = ds.batch(per_host, drop_remainder=True, batch_fn=_collate)
-    it = ds.to_iter_dataset(read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=16))
-    spec = {"kind": "mlm_train", "num_records": len(source), "global_batch_size": batch_size, "seed": seed,
-            "masker": _masker_name(masker), "num_predictions": int(num_predictions), "packed": bool(packed),
-            "max_length": int(source.arrays["input_ids"].shape[1]), "process_index": process_index,
-            "process_count": process_count}
-    return PipelineIterator(iter(it), spec)
+    spec = {"masker": _masker_name(masker), "num_predictions": int(num_predictions), "packed": bool(packed),
+            "max_length": int(source.arrays["input_ids"].shape[1])}
+    return batching.train_iterator(
+        source, kind="mlm_train", batch_size=batch_size, seed=seed, collate=batching.stack,
+        features=MaskRow(masker, num_predictions, with_segments=packed, with_ngrams=with_ngrams),
+        spec=spec, process_index=process_index, process_count=process_count, read_options=read_options)
 
 
 def make_mlm_eval_batches(rows: Mapping[str, Any], masker: Any, *, batch_size: int, seed: int,
@@ -178,19 +169,8 @@ def make_mlm_eval_batches(rows: Mapping[str, Any], masker: Any, *, batch_size: i
                           process_index: int | None = None, process_count: int | None = None
                           ) -> grain.MapDataset:
     """Every held-out row once, in order, masked with a fixed ``seed``; padded with empty rows."""
-    process_index, process_count = _process_defaults(process_index, process_count)
-    per_host = _check_batch(batch_size, process_count)
-    n = int(np.asarray(rows["input_ids"]).shape[0])
-    if n == 0:
-        raise ValueError("no MLM rows to evaluate")
-    padded = -(-n // batch_size) * batch_size
-    ds = grain.MapDataset.source(RowsSource(rows, pad_rows_to=padded))
-    ds = ds.random_map(MaskRow(masker, num_predictions, with_segments=packed, with_ngrams=with_ngrams),
-                       seed=_shuffle_seed(seed))
-    ds = ds[process_index::process_count]
-    return ds.batch(per_host, drop_remainder=True, batch_fn=_collate)
-
-
-def count_predictions(batch: Mapping[str, np.ndarray]) -> int:
-    """Number of real token predictions in a batch."""
-    return int((np.asarray(batch["masked_labels"]) != IGNORE).sum())
+    source = RowsSource(rows)
+    return batching.eval_batches(
+        source, batch_size=batch_size, collate=batching.stack, pad=source.pad_row(), weight_key=None,
+        features=MaskRow(masker, num_predictions, with_segments=packed, with_ngrams=with_ngrams),
+        seed=seed, process_index=process_index, process_count=process_count)
