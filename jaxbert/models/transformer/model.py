@@ -1,6 +1,7 @@
-"""One configurable encoder block for the BERT family: BERT, MosaicBERT, ModernBERT and their ablations.
+"""One configurable encoder block for the BERT family: BERT/MiniLM, MosaicBERT, ModernBERT and their ablations.
 
-Every variant is the same :class:`EncoderBlock`; the config chooses
+Every variant is the same :class:`EncoderBlock` in the same :class:`Encoder` (BERT's config is
+:class:`jaxbert.models.bert.model.BertConfig`, this config with BERT's defaults); the config chooses
 
 ============================ ==========================================================================
 norm position                ``"post"`` (BERT, MosaicBERT: ``x = N(x + f(x))``) or ``"pre"`` (ModernBERT:
@@ -20,14 +21,21 @@ q/k/v layout                 ``"separate"`` (``query/key/value`` kernels, BERT n
                              (one ``qkv [embed, 3, heads, kv]`` kernel: one matmul, ModernBERT's ``Wqkv``)
 execution                    ``unpad`` (gather real tokens into a packed stream, see
                              :mod:`jaxbert.models.layers.unpad`); ``attention_implementation``; ``dtype`` /
-                             ``param_dtype``; ``remat``
+                             ``param_dtype``; ``remat``; ``first_token_shortcut`` ([CLS]-only last block)
+seams                        ``attention_kind`` (a name in ``layers/attention.ATTENTION_KINDS``),
+                             ``dot_general`` (a name in ``layers/linear.DOT_GENERALS``: the matmul of every
+                             attention projection and MLP layer), ``extensions`` (``layers/extensions``)
 ============================ ==========================================================================
+
+Kept tokens: ``Encoder(...)(..., query_index=[b, k])`` runs the last block for those positions only
+(their queries see every token's keys/values) and returns ``[b, k, embed]``, the full output
+gathered there; ``first_token_only`` is the ``k = 1``, index-0 case (see :class:`EncoderBlock`).
 
 All masks (padding, segments, sliding windows) and the ALiBi bias are built once from position
 ids and composed in :func:`jaxbert.models.layers.attention.dot_product_attention`.
 
-Parameter tree (``L`` layers; names shared with :class:`jaxbert.models.bert.BertModel`, so a
-``bert-base``-shaped config of this block takes BertModel params unchanged)::
+Parameter tree (``L`` layers; a BERT config gives exactly the tree of the former ``BertModel``, so
+its checkpoints load unchanged)::
 
     embeddings/word_embeddings/embedding         [vocab, embed]
     embeddings/position_embeddings/embedding     [max_position, embed]   (absolute positions)
