@@ -196,3 +196,18 @@ def test_prefix_extension_on_the_llm_block():
         plain[f"layer_{i}"] = {k: v for k, v in params[f"layer_{i}"].items() if k != "prefix"}
     ref = LlmModel(base).apply({"params": plain}, IDS, MASK).last_hidden_state
     assert float(jnp.abs(out - ref).max()) > 1e-4
+
+
+def test_bert_is_the_configurable_block():
+    """One implementation: BERT's names are the shared classes, its config the BERT-flavoured EncoderConfig."""
+    from jaxbert.models import registry
+    from jaxbert.models.bert.model import BertConfig, BertEmbeddings, BertLayer, BertModel
+    from jaxbert.models.transformer.model import EncoderConfig, EncoderEmbeddings
+
+    assert BertModel is Encoder and BertLayer is EncoderBlock and BertEmbeddings is EncoderEmbeddings
+    cfg, backbone = registry.get("minilm-l6-h384")
+    assert backbone is Encoder and isinstance(cfg, BertConfig) and isinstance(cfg, EncoderConfig)
+    assert (cfg.model_type, cfg.add_pooling_layer, cfg.first_token_shortcut) == ("bert", True, True)
+    assert (cfg.norm_position, cfg.position_embedding_type, cfg.qkv_layout, cfg.mlp_type) == (
+        "post", "absolute", "separate", "mlp")
+    assert EncoderConfig().first_token_shortcut is False  # MosaicBERT / ModernBERT keep their full last block
