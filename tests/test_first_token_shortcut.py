@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxbert.models import build_task_model, registry
-from jaxbert.models.bert.model import BertModel
+from jaxbert.models.transformer.model import Encoder
 
 LAYERS = 3
 
@@ -90,7 +90,7 @@ def test_the_compiled_step_does_less_work():
 
 def test_packed_rows_keep_the_first_query_row_of_the_segment_mask():
     cfg, _ = _config()
-    model = BertModel(cfg)
+    model = Encoder(cfg)
     ids, mask, types = _batch()
     segments = jnp.asarray(np.repeat([[1] * 10 + [2] * 14], 4, axis=0), jnp.int32)
     params = nn.unbox(model.init(jax.random.key(1), ids, mask, types)["params"])

@@ -12,8 +12,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxbert.models.layers.dense_matmul import dense_dot_general
 from jaxbert.models.layers.dropout import keep_mask
-from jaxbert.models.layers.linear import DenseND
+from jaxbert.models.layers.linear import DenseND, DotGeneral
+from jaxbert.models.layers.positions import apply_rope
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product_attention", "cudnn")
 
@@ -140,10 +142,33 @@ def _reference_attention(query: jax.Array, key: jax.Array, value: jax.Array, mas
     return jnp.swapaxes(out.astype(dtype), 1, 2)
 
 
-class MultiHeadAttention(nn.Module):
-    """Self-attention with separate q/k/v projections, kernels shaped ``[embed, heads, kv]``.
+def select_queries(t: jax.Array, query_index: jax.Array | None, axis: int = 1,
+                   first_token_only: bool = False) -> jax.Array:
+    """The kept query rows of ``t`` along ``axis``: ``query_index [b, k]`` (int) -> ``k`` rows per batch row.
 
-    The per-head kernel layout lets a ``tensor`` mesh axis shard heads without reshapes.
+    ``first_token_only`` is the ``k = 1``, index-0 case as a static slice (no gather). An axis of
+    size 1 (a mask or bias shared by every query) is returned as is. Neither given: ``t`` unchanged.
+    """
+    if t is None or t.shape[axis] == 1 or (query_index is None and not first_token_only):
+        return t
+    if first_token_only:
+        return jax.lax.slice_in_dim(t, 0, 1, axis=axis)
+    if query_index.ndim != 2 or query_index.shape[0] not in (1, t.shape[0]):
+        raise ValueError(f"query_index must be [batch, kept] ints, got shape {query_index.shape} for "
+                         f"an array of shape {t.shape}")
+    index = query_index.astype(jnp.int32).reshape(
+        (query_index.shape[0],) + (1,) * (axis - 1) + (query_index.shape[1],) + (1,) * (t.ndim - axis - 1))
+    return jnp.take_along_axis(t, index, axis=axis)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention (attention kind ``"standard"``): q/k/v projections, RoPE, bias, masks, output.
+
+    Kernels are shaped ``[embed, heads, kv]`` (``qkv_layout="separate"``: ``query``/``key``/``value``)
+    or ``[embed, 3, heads, kv]`` (``"fused"``: one ``qkv`` kernel, one matmul); ``out`` is
+    ``[heads, kv, embed]``. The per-head layout lets a ``tensor`` mesh axis shard heads without
+    reshapes. ``dot_general`` is every projection's contraction
+    (:mod:`jaxbert.models.layers.linear`).
     """
 
     num_heads: int
@@ -154,26 +179,43 @@ class MultiHeadAttention(nn.Module):
     implementation: str = "xla"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    qkv_layout: str = "separate"
+    dot_general: DotGeneral = dense_dot_general
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None, bias: jax.Array | None = None,
                  deterministic: bool = True, kv_prefix: tuple[jax.Array, jax.Array] | None = None,
-                 queries: jax.Array | None = None) -> jax.Array:
-        """``x [b, l, embed]``, ``mask [b, 1|h, l, l]`` -> ``[b, l, embed]``.
+                 queries: jax.Array | None = None, rope: tuple[jax.Array, jax.Array] | None = None,
+                 query_rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """``x [b, l, embed]``, ``mask [b, 1|h, q, l]`` bool, ``bias [b, 1|h, q, l]`` -> ``[b, q, embed]``.
 
         ``kv_prefix`` = ``(k, v)`` each ``[b, p, heads, kv]`` is prepended to the keys/values
         (every query may attend to it), the seam prefix tuning uses.
-        ``queries [b, q, embed]`` (default ``x``): the states the queries are projected from,
-        e.g. a subset of ``x``'s positions when only those outputs are needed; keys and values
-        still come from all of ``x``. The output is then ``[b, q, embed]`` and ``mask``/``bias``
-        must have ``q`` (or 1) rows.
+        ``queries [b, q, embed]`` (default ``x``, ``q = l``): the states the queries are projected
+        from, e.g. the kept positions of ``x`` when only those outputs are needed; keys and values
+        still come from all of ``x``, and ``mask``/``bias`` must have ``q`` (or 1) rows.
+        ``rope = (cos, sin)`` ``[b, l, kv/2]`` rotates keys (and queries); ``query_rope`` (default
+        ``rope``) are the angles at the query positions.
         """
-        proj = lambda name: DenseND(
-            features=(self.num_heads, self.head_dim), kernel_axes=("embed", "heads", "kv"),
-            bias_axes=("heads", "kv"), use_bias=self.use_bias, initializer_range=self.initializer_range,
-            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        q = proj("query")(x if queries is None else queries)
-        k, v = proj("key")(x), proj("value")(x)
+        h, d = self.num_heads, self.head_dim
+        dense = lambda features, kaxes, baxes, name, contract=1: DenseND(
+            features=features, kernel_axes=kaxes, bias_axes=baxes, contract_dims=contract, use_bias=self.use_bias,
+            initializer_range=self.initializer_range, dtype=self.dtype, param_dtype=self.param_dtype,
+            dot_general=self.dot_general, name=name)
+        if self.qkv_layout == "fused":
+            qkv = dense((3, h, d), ("embed", None, "heads", "kv"), (None, "heads", "kv"), "qkv")
+            full = qkv(x)
+            k, v = full[..., 1, :, :], full[..., 2, :, :]
+            q = full[..., 0, :, :] if queries is None else qkv(queries)[..., 0, :, :]
+        elif self.qkv_layout == "separate":
+            q = dense((h, d), ("embed", "heads", "kv"), ("heads", "kv"), "query")(x if queries is None else queries)
+            k = dense((h, d), ("embed", "heads", "kv"), ("heads", "kv"), "key")(x)
+            v = dense((h, d), ("embed", "heads", "kv"), ("heads", "kv"), "value")(x)
+        else:
+            raise ValueError(f"qkv_layout={self.qkv_layout!r}; expected 'separate' or 'fused'")
+        if rope is not None:
+            qcos, qsin = rope if query_rope is None else query_rope
+            q, k = apply_rope(q, qcos, qsin), apply_rope(k, *rope)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         if kv_prefix is not None:
             pk, pv = kv_prefix
@@ -189,7 +231,24 @@ class MultiHeadAttention(nn.Module):
         out = dot_product_attention(q, k, v, mask=mask, bias=bias, dropout_rate=self.dropout_rate,
                                     dropout_rng=dropout_rng, deterministic=deterministic,
                                     implementation=self.implementation)
-        return DenseND(
-            features=(x.shape[-1],), kernel_axes=("heads", "kv", "embed"), bias_axes=("embed",), contract_dims=2,
-            use_bias=self.use_bias, initializer_range=self.initializer_range,
-            dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return dense((x.shape[-1],), ("heads", "kv", "embed"), ("embed",), "out", contract=2)(out)
+
+
+#: Attention kinds a block config may name (``config.attention_kind``). A kind is a Linen module
+#: class taking :class:`MultiHeadAttention`'s attributes and call signature.
+ATTENTION_KINDS: dict[str, type[nn.Module]] = {"standard": MultiHeadAttention}
+
+
+def register_attention_kind(name: str, module: type[nn.Module], *, replace: bool = False) -> None:
+    """Make ``module`` selectable as ``config.attention_kind = name``."""
+    if name in ATTENTION_KINDS and not replace:
+        raise ValueError(f"attention kind {name!r} is already registered (pass replace=True to override)")
+    ATTENTION_KINDS[name] = module
+
+
+def get_attention_kind(name: str) -> type[nn.Module]:
+    """The attention module class registered as ``name``."""
+    if name not in ATTENTION_KINDS:
+        raise ValueError(f"unknown attention kind {name!r}; registered: {sorted(ATTENTION_KINDS)} "
+                         "(add one with jaxbert.models.layers.attention.register_attention_kind)")
+    return ATTENTION_KINDS[name]

@@ -58,14 +58,15 @@ import flax.linen as nn
 from flax import struct
 from flax.core import meta
 
-from jaxbert.models.bert.model import DTYPES, segment_positions
+from jaxbert.models.layers import extensions
 from jaxbert.models.layers import positions as pos_lib
 from jaxbert.models.layers.activations import ACTIVATIONS, get_activation
 from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, causal_mask, combine_masks,
                                              dot_product_attention, padding_mask, segment_mask)
 from jaxbert.models.layers.initializers import dense_init
-from jaxbert.models.layers.linear import DenseND
+from jaxbert.models.layers.linear import DOT_GENERALS, DenseND, get_dot_general
 from jaxbert.models.layers.norms import make_norm
+from jaxbert.models.transformer.model import DTYPES, segment_positions
 
 ATTENTION_MODES = ("causal", "bidirectional")
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -112,6 +113,10 @@ class LlmConfig:
     param_dtype: str = "float32"
     attention_implementation: str = "xla"
     remat: bool = False
+    # -- seams: the matmul of every attention projection and MLP layer (layers/linear.py DOT_GENERALS),
+    # and modules at the extension sites (adapters, prefixes, soft prompts; layers/extensions.py)
+    dot_general: str = "standard"
+    extensions: tuple = ()
     model_type: str = "llama"
 
     def __post_init__(self):
@@ -121,6 +126,7 @@ class LlmConfig:
         _choice("attention_mode", self.attention_mode, ATTENTION_MODES)
         _choice("hidden_act", self.hidden_act, tuple(sorted(ACTIVATIONS)))
         _choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
+        _choice("dot_general", self.dot_general, tuple(sorted(DOT_GENERALS)))
         for field in ("dtype", "param_dtype"):
             _choice(field, getattr(self, field), tuple(sorted(DTYPES)))
         if self.head_dim_override is None and self.hidden_size % self.num_attention_heads:
@@ -171,8 +177,9 @@ class LlmConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extensions"}
         out["rope_scaling"] = self.rope_scaling_dict or None
+        out["extensions"] = [{"type": type(e).__name__, **dataclasses.asdict(e)} for e in self.extensions]
         return out
 
     def param_count(self) -> int:
@@ -357,18 +364,22 @@ def _norm(cfg: LlmConfig, name: str) -> nn.Module:
 
 
 class LlmAttention(nn.Module):
-    """Grouped-query self-attention with RoPE; masks come from the caller (causal or not)."""
+    """Grouped-query self-attention with RoPE; masks come from the caller (causal or not).
+
+    ``kv_prefix = (k, v)`` each ``[b, p, heads, head_dim]`` (query heads: after ``repeat_kv``) is
+    prepended to the keys/values and visible to every query (the ``attention_kv`` site).
+    """
 
     config: LlmConfig
 
     @nn.compact
-    def __call__(self, x, mask, cos, sin, deterministic: bool = True):
+    def __call__(self, x, mask, cos, sin, deterministic: bool = True, kv_prefix=None):
         cfg = self.config
         h, k, d = cfg.num_attention_heads, cfg.kv_heads, cfg.head_dim
         dense = lambda features, kaxes, baxes, name, bias, contract=1: DenseND(
             features=features, kernel_axes=kaxes, bias_axes=baxes, contract_dims=contract, use_bias=bias,
             initializer_range=cfg.initializer_range, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-            name=name)
+            dot_general=get_dot_general(cfg.dot_general), name=name)
         q = dense((h, d), ("embed", "heads", "kv"), ("heads", "kv"), "query", cfg.attention_bias)(x)
         kk = dense((k, d), ("embed", "kv_heads", "kv"), ("kv_heads", "kv"), "key", cfg.attention_bias)(x)
         v = dense((k, d), ("embed", "kv_heads", "kv"), ("kv_heads", "kv"), "value", cfg.attention_bias)(x)
@@ -376,6 +387,12 @@ class LlmAttention(nn.Module):
         if k != h:  # transformers' repeat_kv: query head j reads k/v head j // (h // k)
             kk, v = jnp.repeat(kk, h // k, axis=2), jnp.repeat(v, h // k, axis=2)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        if kv_prefix is not None:
+            pk, pv = kv_prefix
+            kk = jnp.concatenate([pk.astype(kk.dtype), kk], axis=1)
+            v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
+            if mask is not None:
+                mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (pk.shape[1],), bool), mask], axis=-1)
         dropout_rng = None
         if cfg.attention_dropout > 0.0 and not deterministic:
             dropout_rng = self.make_rng("dropout")
@@ -397,7 +414,7 @@ class LlmMlp(nn.Module):
         dense = lambda features, kaxes, baxes, name: DenseND(
             features=(features,), kernel_axes=kaxes, bias_axes=baxes, use_bias=cfg.mlp_bias,
             initializer_range=cfg.initializer_range, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-            name=name)
+            dot_general=get_dot_general(cfg.dot_general), name=name)
         m = cfg.intermediate_size
         g = dense(m, ("embed", "mlp"), ("mlp",), "gate")(x)
         u = dense(m, ("embed", "mlp"), ("mlp",), "up")(x)
@@ -406,15 +423,24 @@ class LlmMlp(nn.Module):
 
 
 class LlmBlock(nn.Module):
-    """Pre-norm decoder layer: attention and SwiGLU MLP, each with an RMSNorm and a residual."""
+    """Pre-norm decoder layer: attention and SwiGLU MLP, each with an RMSNorm and a residual.
+
+    The extension sites, as in the encoder block: ``attention_kv`` (prefix keys/values),
+    ``after_attention`` and ``after_mlp`` (on each sub-layer's output before its residual add).
+    """
 
     config: LlmConfig
+    layer_index: int = 0
 
     @nn.compact
     def __call__(self, x, mask, cos, sin, deterministic: bool = True):
         cfg = self.config
-        x = x + LlmAttention(cfg, name="attention")(_norm(cfg, "attention_norm")(x), mask, cos, sin, deterministic)
-        x = x + LlmMlp(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+        kv_prefix = extensions.prefix_kv(cfg, self.layer_index, x.shape[0], cfg.compute_dtype)
+        h = LlmAttention(cfg, name="attention")(_norm(cfg, "attention_norm")(x), mask, cos, sin, deterministic,
+                                                kv_prefix)
+        x = x + extensions.apply_site(cfg, "after_attention", self.layer_index, h, deterministic)
+        h = LlmMlp(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x))
+        x = x + extensions.apply_site(cfg, "after_mlp", self.layer_index, h, deterministic)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -434,7 +460,8 @@ class LlmModel(nn.Module):
         cfg = self.config
         self.embeddings = _Embeddings(cfg)
         block = nn.remat(LlmBlock, static_argnums=(5,)) if cfg.remat else LlmBlock
-        self.layers = [block(cfg, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+        self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+        self.embedding_extensions = extensions.embedding_modules(cfg)
         self.final_norm = _norm(cfg, "final_norm")
         if not cfg.tie_word_embeddings:
             self.lm_head = DenseND(features=(cfg.vocab_size,), kernel_axes=("embed", "vocab"), bias_axes=("vocab",),
@@ -452,6 +479,18 @@ class LlmModel(nn.Module):
         b, l = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, l), jnp.int32) if segment_ids is None else (segment_ids > 0)
+        x = self.embeddings(input_ids)
+        if self.embedding_extensions:  # soft prompts: prepended tokens lengthen x and the mask
+            if segment_ids is not None:
+                raise ValueError("packed rows (segment_ids) cannot be combined with embedding extensions that "
+                                 "lengthen the sequence (soft prompts)")
+            x, attention_mask = extensions.apply_embeddings(self.embedding_extensions, x, attention_mask,
+                                                            deterministic)
+            if x.shape[1] != l:
+                if position_ids is not None:
+                    raise ValueError("explicit position_ids cannot be combined with soft prompts (they change "
+                                     "the sequence length)")
+                l = x.shape[1]
         if position_ids is None:
             position_ids = segment_positions(segment_ids) if segment_ids is not None else positions_from_mask(
                 attention_mask)
@@ -459,7 +498,6 @@ class LlmModel(nn.Module):
                              None if segment_ids is None else segment_mask(segment_ids),
                              causal_mask(l) if mode == "causal" else None)
         cos, sin = rope_cos_sin(position_ids, rope_inv_freq(cfg))
-        x = self.embeddings(input_ids)
         states = [x] if output_hidden_states else None
         for layer in self.layers:
             x = layer(x, mask, cos, sin, deterministic)

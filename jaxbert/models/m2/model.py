@@ -79,13 +79,13 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax.core import meta
 
-from jaxbert.models.bert.model import DTYPES, BertEmbeddings, EncoderOutput, Pooler
 from jaxbert.models.layers import extensions
 from jaxbert.models.layers.activations import ACTIVATIONS, get_activation
 from jaxbert.models.layers.hyena import HyenaFilter, ShortConv
 from jaxbert.models.layers.linear import DenseND
 from jaxbert.models.layers.monarch import BlockdiagLinear, MonarchLinear
 from jaxbert.models.layers.norms import layer_norm
+from jaxbert.models.transformer.model import DTYPES, EncoderEmbeddings, EncoderOutput, Pooler
 
 MLP_LINEARS = ("blockdiag", "monarch", "dense")
 
@@ -153,10 +153,16 @@ class M2Config:
             raise ValueError(f"long_conv_l_max must be >= 2, got {self.filter_l_max}")
         if self.short_conv_size < 1 or self.monarch_mlp_nblocks < 1:
             raise ValueError("short_conv_size and monarch_mlp_nblocks must be >= 1")
-        for e in self.extensions:
-            if e.site == "attention_kv":
-                raise ValueError(f"extension {type(e).__name__} adds attention keys/values (prefix tuning); M2 has "
-                                 "no attention. Use adapters, LoRA-free methods or soft prompts instead.")
+        extensions.refuse_sites(self, ("attention_kv",), "it adds attention keys/values (prefix tuning); M2 has "
+                                "no attention. Use adapters, LoRA-free methods or soft prompts instead.")
+
+    # The embedding fields of the shared EncoderEmbeddings: M2's embeddings are BERT's.
+    position_embedding_type = "absolute"
+    embedding_norm = True
+    norm_type = "layernorm"
+    norm_bias = True
+    low_precision_norm = False
+    embedding_dropout_prob = None
 
     @property
     def filter_l_max(self) -> int:
@@ -369,11 +375,9 @@ class M2Block(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool = True) -> jax.Array:
         cfg = self.config
         h = MonarchMixerSequenceMixer(cfg, name="mixer")(x, mask)
-        for ext in extensions.at_site(cfg, "after_attention"):
-            h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
+        h = extensions.apply_site(cfg, "after_attention", self.layer_index, h, deterministic)
         out = MonarchMlp(cfg, name="mlp")(h, deterministic)
-        for ext in extensions.at_site(cfg, "after_mlp"):
-            out = ext.build(cfg, self.layer_index, ext.name)(out, deterministic)
+        out = extensions.apply_site(cfg, "after_mlp", self.layer_index, out, deterministic)
         x = layer_norm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.storage_dtype, "mlp_norm")(out + h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -381,9 +385,9 @@ class M2Block(nn.Module):
 class M2Model(nn.Module):
     """The M2-BERT backbone: BERT embeddings, ``num_hidden_layers`` :class:`M2Block`, optional pooler.
 
-    Same call as :class:`jaxbert.models.bert.BertModel` (``input_ids [b, l]``, optional
+    Same call as :class:`jaxbert.models.transformer.model.Encoder` (``input_ids [b, l]``, optional
     ``attention_mask``, ``token_type_ids``, ``position_ids``); no ``segment_ids`` (see the module
-    docstring on padding). Returns :class:`~jaxbert.models.bert.EncoderOutput` with zeros at pad
+    docstring on padding). Returns :class:`~jaxbert.models.transformer.model.EncoderOutput` with zeros at pad
     positions of ``last_hidden_state``.
     """
 
@@ -391,10 +395,10 @@ class M2Model(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.embeddings = BertEmbeddings(cfg)
+        self.embeddings = EncoderEmbeddings(cfg)
         block = nn.remat(M2Block, static_argnums=(3,)) if cfg.remat else M2Block
         self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
-        self.embedding_extensions = [e.build(cfg, None, e.name) for e in extensions.at_site(cfg, "embeddings")]
+        self.embedding_extensions = extensions.embedding_modules(cfg)
         if cfg.add_pooling_layer:
             self.pooler = Pooler(cfg)
 
@@ -413,10 +417,10 @@ class M2Model(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        for ext in self.embedding_extensions:  # soft prompts: may lengthen x and the mask
+        if self.embedding_extensions:  # soft prompts: may lengthen x and the mask
             if attention_mask is None:
                 attention_mask = jnp.ones((b, l), jnp.int32)
-            x, attention_mask = ext(x, attention_mask, deterministic)
+            x, attention_mask = extensions.apply_embeddings(self.embedding_extensions, x, attention_mask, deterministic)
         mask = None if attention_mask is None else attention_mask.astype(bool)
         states = [x] if output_hidden_states else None
         for layer in self.layers:

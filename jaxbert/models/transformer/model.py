@@ -1,6 +1,7 @@
-"""One configurable encoder block for the BERT family: BERT, MosaicBERT, ModernBERT and their ablations.
+"""One configurable encoder block for the BERT family: BERT/MiniLM, MosaicBERT, ModernBERT and their ablations.
 
-Every variant is the same :class:`EncoderBlock`; the config chooses
+Every variant is the same :class:`EncoderBlock` in the same :class:`Encoder` (BERT's config is
+:class:`jaxbert.models.bert.model.BertConfig`, this config with BERT's defaults); the config chooses
 
 ============================ ==========================================================================
 norm position                ``"post"`` (BERT, MosaicBERT: ``x = N(x + f(x))``) or ``"pre"`` (ModernBERT:
@@ -20,14 +21,21 @@ q/k/v layout                 ``"separate"`` (``query/key/value`` kernels, BERT n
                              (one ``qkv [embed, 3, heads, kv]`` kernel: one matmul, ModernBERT's ``Wqkv``)
 execution                    ``unpad`` (gather real tokens into a packed stream, see
                              :mod:`jaxbert.models.layers.unpad`); ``attention_implementation``; ``dtype`` /
-                             ``param_dtype``; ``remat``
+                             ``param_dtype``; ``remat``; ``first_token_shortcut`` ([CLS]-only last block)
+seams                        ``attention_kind`` (a name in ``layers/attention.ATTENTION_KINDS``),
+                             ``dot_general`` (a name in ``layers/linear.DOT_GENERALS``: the matmul of every
+                             attention projection and MLP layer), ``extensions`` (``layers/extensions``)
 ============================ ==========================================================================
+
+Kept tokens: ``Encoder(...)(..., query_index=[b, k])`` runs the last block for those positions only
+(their queries see every token's keys/values) and returns ``[b, k, embed]``, the full output
+gathered there; ``first_token_only`` is the ``k = 1``, index-0 case (see :class:`EncoderBlock`).
 
 All masks (padding, segments, sliding windows) and the ALiBi bias are built once from position
 ids and composed in :func:`jaxbert.models.layers.attention.dot_product_attention`.
 
-Parameter tree (``L`` layers; names shared with :class:`jaxbert.models.bert.BertModel`, so a
-``bert-base``-shaped config of this block takes BertModel params unchanged)::
+Parameter tree (``L`` layers; a BERT config gives exactly the tree of the former ``BertModel``, so
+its checkpoints load unchanged)::
 
     embeddings/word_embeddings/embedding         [vocab, embed]
     embeddings/position_embeddings/embedding     [max_position, embed]   (absolute positions)
@@ -52,20 +60,22 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from flax import struct
 from flax.core import meta
 
-from jaxbert.models.bert.model import DTYPES, EncoderOutput, Pooler, segment_positions
 from jaxbert.models.layers import extensions
 from jaxbert.models.layers import positions as pos_lib
 from jaxbert.models.layers import unpad as unpad_lib
 from jaxbert.models.layers.activations import ACTIVATIONS
-from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, combine_masks, dot_product_attention,
-                                             padding_mask, segment_mask)
+from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, ATTENTION_KINDS, combine_masks,
+                                             get_attention_kind, padding_mask, segment_mask, select_queries)
 from jaxbert.models.layers.dropout import Dropout
-from jaxbert.models.layers.initializers import dense_init
-from jaxbert.models.layers.linear import DenseND
+from jaxbert.models.layers.initializers import dense_init, zeros_init
+from jaxbert.models.layers.linear import DOT_GENERALS, get_dot_general
 from jaxbert.models.layers.mlp import GluMlp, Mlp
 from jaxbert.models.layers.norms import NORM_TYPES, make_norm
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 NORM_POSITIONS = ("post", "pre")
 POSITION_TYPES = ("absolute", "alibi", "rope", "none")
@@ -143,8 +153,18 @@ class EncoderConfig:
     param_dtype: str = "float32"
     attention_implementation: str = "xla"
     remat: bool = False
+    # When the caller reads only the first token of the last layer (the [CLS] pooler of sequence
+    # classification asks with ``first_token_only=True``), run the last block for that token alone:
+    # the same outputs for it, about 1/num_hidden_layers less compute. BERT configs default to True;
+    # False always runs the full last block (the previous behaviour of MosaicBERT / ModernBERT).
+    first_token_shortcut: bool = False
+    # -- seams (names resolved through registries in jaxbert/models/layers, so configs stay JSON)
+    attention_kind: str = "standard"  # layers/attention.py ATTENTION_KINDS
+    dot_general: str = "standard"  # layers/linear.py DOT_GENERALS: every attention projection and MLP matmul
+    # Modules inserted at the extension sites (adapters, prefixes, soft prompts); see
+    # jaxbert/models/layers/extensions.py. Not part of the HF config.
     extensions: tuple = ()
-    model_type: str = "jaxbert-encoder"  # "modernbert" = convertible to/from transformers' ModernBERT
+    model_type: str = "jaxbert-encoder"  # "bert" (BertConfig), "modernbert" = convertible to/from transformers
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -157,6 +177,8 @@ class EncoderConfig:
         _choice("qkv_layout", self.qkv_layout, QKV_LAYOUTS)
         _choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
         _choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
+        _choice("attention_kind", self.attention_kind, tuple(sorted(ATTENTION_KINDS)))
+        _choice("dot_general", self.dot_general, tuple(sorted(DOT_GENERALS)))
         for field in ("hidden_act", "head_act", "classifier_pre_activation"):
             if getattr(self, field) is None:
                 continue
@@ -344,8 +366,10 @@ class EncoderConfig:
 
 
 def bert_config(**kw: Any) -> EncoderConfig:
-    """BERT on this block: post-norm LayerNorm with bias, learned absolute positions, GELU MLP."""
-    return EncoderConfig(**kw)
+    """BERT on this block (:class:`jaxbert.models.bert.model.BertConfig`): post-norm LayerNorm with bias,
+    learned absolute positions, GELU MLP, pooler, [CLS]-only last block."""
+    from jaxbert.models.bert.model import BertConfig  # the BERT flavour (models/bert imports this module)
+    return BertConfig(**kw)
 
 
 def mosaicbert_config(**kw: Any) -> EncoderConfig:
@@ -401,6 +425,25 @@ def preset(name: str, **overrides: Any) -> EncoderConfig:
 # ----------------------------------------------------------------------------- modules
 
 
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Position ids that restart at 0 where the segment id changes. ``[b, l] -> [b, l]`` int32."""
+    l = segment_ids.shape[-1]
+    idx = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), segment_ids.shape)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - first
+
+
+@struct.dataclass
+class EncoderOutput:
+    """``last_hidden_state [b, l, embed]``; ``pooler_output [b, embed]`` or None; per-layer states if asked."""
+
+    last_hidden_state: jax.Array
+    pooler_output: jax.Array | None = None
+    hidden_states: tuple[jax.Array, ...] | None = None
+
+
 def _norm(cfg: EncoderConfig, name: str, use_bias: bool | None = None) -> nn.Module:
     return make_norm(cfg.norm_type, cfg.layer_norm_eps, cfg.compute_dtype, cfg.storage_dtype, name,
                      use_bias=cfg.norm_bias if use_bias is None else use_bias,
@@ -408,9 +451,14 @@ def _norm(cfg: EncoderConfig, name: str, use_bias: bool | None = None) -> nn.Mod
 
 
 class EncoderEmbeddings(nn.Module):
-    """Token (+ learned position) (+ token type) embeddings, optional norm, dropout."""
+    """Token (+ learned position) (+ token type) embeddings, optional norm, dropout.
 
-    config: EncoderConfig
+    Reads ``vocab_size``, ``hidden_size``, ``position_embedding_type``, ``max_position_embeddings``,
+    ``type_vocab_size``, ``embedding_norm`` (+ the norm fields), the dropout rates and dtypes of
+    ``config`` (M2's config has the BERT values of these).
+    """
+
+    config: Any
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool = True):
@@ -431,113 +479,121 @@ class EncoderEmbeddings(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
-class EncoderAttention(nn.Module):
-    """Self-attention of the block: q/k/v (separate or fused), RoPE on q/k, ALiBi bias, masks, output."""
+class Pooler(nn.Module):
+    """BERT pooler: ``tanh(W h[:, 0] + b)``. ``[b, l, embed] -> [b, embed]``."""
 
-    config: EncoderConfig
-    layer_type: str = "global"
+    config: Any
 
     @nn.compact
-    def __call__(self, x, mask, distance=None, rope=None, deterministic: bool = True, kv_prefix=None):
-        """``x [b, l, embed]``; ``mask [b, 1, l, l]`` bool; ``distance [b, 1, l, l]`` (ALiBi); ``rope = (cos, sin)``."""
+    def __call__(self, hidden):
         cfg = self.config
-        h, d = cfg.num_attention_heads, cfg.head_dim
-        dense = lambda features, kaxes, baxes, name, contract=1: DenseND(
-            features=features, kernel_axes=kaxes, bias_axes=baxes, contract_dims=contract,
-            use_bias=cfg.attention_bias, initializer_range=cfg.initializer_range,
-            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, name=name)
-        if cfg.qkv_layout == "fused":
-            qkv = dense((3, h, d), ("embed", None, "heads", "kv"), (None, "heads", "kv"), "qkv")(x)
-            q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-        else:
-            q, k, v = (dense((h, d), ("embed", "heads", "kv"), ("heads", "kv"), n)(x)
-                       for n in ("query", "key", "value"))
-        if rope is not None:
-            cos, sin = rope
-            q, k = pos_lib.apply_rope(q, cos, sin), pos_lib.apply_rope(k, cos, sin)
-        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-        bias = None
-        if cfg.position_embedding_type == "alibi":
-            bias = pos_lib.alibi_bias(pos_lib.alibi_slopes(h), distance)
-        if kv_prefix is not None:
-            pk, pv = kv_prefix
-            k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
-            v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-            p = pk.shape[1]
-            if mask is not None:
-                mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (p,), bool), mask], axis=-1)
-            if bias is not None:
-                bias = jnp.concatenate([jnp.zeros(bias.shape[:-1] + (p,), bias.dtype), bias], axis=-1)
-        dropout_rng = None
-        if cfg.attention_probs_dropout_prob > 0.0 and not deterministic:
-            dropout_rng = self.make_rng("dropout")
-        out = dot_product_attention(q, k, v, mask=mask, bias=bias, dropout_rate=cfg.attention_probs_dropout_prob,
-                                    dropout_rng=dropout_rng, deterministic=deterministic,
-                                    implementation=cfg.attention_implementation)
-        return dense((x.shape[-1],), ("heads", "kv", "embed"), ("embed",), "out", contract=2)(out)
+        h = nn.Dense(cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+                     kernel_init=nn.with_logical_partitioning(dense_init(cfg.initializer_range), ("embed", "embed_out")),
+                     bias_init=nn.with_logical_partitioning(zeros_init, ("embed_out",)),
+                     name="dense")(hidden[:, 0])
+        return jnp.tanh(h)
 
 
 class EncoderBlock(nn.Module):
-    """One transformer block, pre- or post-norm; calls the extension sites like BertLayer."""
+    """One transformer block, pre- or post-norm (the module docstring lists the switches).
+
+    Post-norm (BERT, MosaicBERT): ``x = N(x + Drop(Attn(x))); x = N(x + Drop(MLP(x)))``; pre-norm
+    (ModernBERT): ``x = x + Drop(Attn(N(x))); x = x + Drop(MLP(N(x)))``. The extension sites are
+    called once each (:mod:`jaxbert.models.layers.extensions`): ``attention_kv`` into the
+    attention, ``after_attention`` / ``after_mlp`` on each sub-layer output before its residual.
+    The attention module is ``config.attention_kind`` and every dense matmul ``config.dot_general``.
+
+    **Kept tokens.** ``query_index [b, k]`` (int positions of ``x``) runs the block for those tokens
+    only: their queries attend to the keys/values of every token of ``x``, and the residuals, norms
+    and MLP of the other positions are not computed; the output is ``[b, k, embed]``, equal to the
+    full output gathered at ``query_index``. ``first_token_only`` is the ``k = 1``, index-0 case
+    (a static slice, no gather), what BERT's [CLS]-only last block uses.
+    """
 
     config: EncoderConfig
     layer_index: int = 0
 
     @nn.compact
-    def __call__(self, x, mask, distance=None, rope=None, deterministic: bool = True):
+    def __call__(self, x, mask, deterministic: bool = True, first_token_only: bool = False, query_index=None,
+                 distance=None, rope=None):
+        """``x [b, l, embed]``; ``mask [b, 1, 1|l, l]`` bool; ``distance [b, 1, l, l]`` (ALiBi);
+        ``rope = (cos, sin)`` each ``[b, l, head_dim/2]`` -> ``[b, l | k, embed]``."""
         cfg = self.config
-        dt = cfg.compute_dtype
+        dt, pdt = cfg.compute_dtype, cfg.storage_dtype
         pre = cfg.norm_position == "pre"
-        layer_type = cfg.attention_layer_types[self.layer_index]
-        kv_prefix = None
-        for ext in extensions.at_site(cfg, "attention_kv"):  # at most one is meaningful; last wins
-            kv_prefix = ext.build(cfg, self.layer_index, ext.name)(x.shape[0], dt)
+        subset = first_token_only or query_index is not None
+        keep = lambda t, axis=1: select_queries(t, query_index, axis, first_token_only)
+        kv_prefix = extensions.prefix_kv(cfg, self.layer_index, x.shape[0], dt)
         h = x
         if pre and (self.layer_index > 0 or cfg.first_layer_attention_norm):
             h = _norm(cfg, "attention_norm")(x)
-        h = EncoderAttention(cfg, layer_type, name="attention")(h, mask, distance, rope, deterministic, kv_prefix)
+        bias = None
+        if cfg.position_embedding_type == "alibi":
+            bias = pos_lib.alibi_bias(pos_lib.alibi_slopes(cfg.num_attention_heads), keep(distance, 2))
+        query_rope = None if rope is None or not subset else (keep(rope[0]), keep(rope[1]))
+        attention = get_attention_kind(cfg.attention_kind)(
+            num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim, dropout_rate=cfg.attention_probs_dropout_prob,
+            use_bias=cfg.attention_bias, initializer_range=cfg.initializer_range,
+            implementation=cfg.attention_implementation, dtype=dt, param_dtype=pdt, qkv_layout=cfg.qkv_layout,
+            dot_general=get_dot_general(cfg.dot_general), name="attention")
+        queries = keep(h) if subset else None
+        h = attention(h, mask=keep(mask, 2), bias=bias, deterministic=deterministic, kv_prefix=kv_prefix,
+                      queries=queries, rope=rope, query_rope=query_rope)
+        if subset:  # the kept rows of the residual stream (post-norm: the very rows the queries read)
+            x = keep(x) if pre else queries
         h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
-        for ext in extensions.at_site(cfg, "after_attention"):
-            h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
+        h = extensions.apply_site(cfg, "after_attention", self.layer_index, h, deterministic)
         x = x + h if pre else _norm(cfg, "attention_norm")(x + h)
         h = _norm(cfg, "mlp_norm")(x) if pre else x
         if cfg.mlp_type == "glu":
             h = GluMlp(cfg.intermediate_size, activation=cfg.hidden_act, in_bias=cfg.mlp_in_bias,
                        out_bias=cfg.mlp_out_bias, initializer_range=cfg.initializer_range,
-                       dtype=dt, param_dtype=cfg.storage_dtype, name="mlp")(h)
+                       dtype=dt, param_dtype=pdt, dot_general=get_dot_general(cfg.dot_general), name="mlp")(h)
         else:
             h = Mlp(cfg.intermediate_size, activation=cfg.hidden_act, use_bias=cfg.mlp_in_bias,
-                    initializer_range=cfg.initializer_range, dtype=dt, param_dtype=cfg.storage_dtype,
-                    name="mlp")(h)
+                    initializer_range=cfg.initializer_range, dtype=dt, param_dtype=pdt,
+                    dot_general=get_dot_general(cfg.dot_general), name="mlp")(h)
         h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
-        for ext in extensions.at_site(cfg, "after_mlp"):
-            h = ext.build(cfg, self.layer_index, ext.name)(h, deterministic)
+        h = extensions.apply_site(cfg, "after_mlp", self.layer_index, h, deterministic)
         x = x + h if pre else _norm(cfg, "mlp_norm")(x + h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class Encoder(nn.Module):
-    """The configurable encoder backbone. Same call as :class:`jaxbert.models.bert.BertModel`.
+    """The configurable encoder backbone (BERT, MiniLM, MosaicBERT, ModernBERT, ...).
 
-    ``input_ids [b, l]``, optional ``attention_mask``, ``token_type_ids``, ``position_ids``,
-    ``segment_ids`` (packed rows: 1, 2, ... per sequence, 0 = padding). Returns
-    :class:`~jaxbert.models.bert.EncoderOutput`.
+    ``input_ids [b, l]``, optional ``attention_mask [b, l]`` (1 = real token), ``token_type_ids``,
+    ``position_ids``. Returns :class:`EncoderOutput`.
+
+    Packed rows (several sequences per row, :mod:`jaxbert.data.packing`): pass ``segment_ids
+    [b, l]`` (1, 2, ... per sequence, 0 = padding). Attention is then restricted to the token's
+    own segment (combined with ``attention_mask``) and, unless ``position_ids`` is given,
+    positions restart at 0 in every segment.
 
     Unpadded execution (``config.unpad=True``, or whenever ``unpad_index`` is passed): the
     layers run on the real tokens only, packed as ``unpad_index [r, R]`` from
     :func:`jaxbert.models.layers.unpad.plan` (computed on the host; its shape is the compiled
     shape). Without an index, ``config.unpad=True`` uses one stream row per batch row (same
     results, no saving). Outputs come back as ``[b, l, embed]`` with zeros at padding.
+
+    ``first_token_only=True`` says the caller reads only token 0 of the last layer (the pooler,
+    a [CLS] classifier): with ``config.first_token_shortcut`` (BERT's default) the last block then
+    runs for that token alone and ``last_hidden_state`` is ``[b, 1, embed]``; token 0's values
+    and the pooler output are those of the full computation. ``query_index [b, k]`` does the same
+    for any kept positions (``last_hidden_state [b, k, embed]``). Unpadded execution runs the full
+    last block (``first_token_only`` is then ignored; ``query_index`` is refused).
     """
 
     config: EncoderConfig
+    # EncoderForSequenceClassification passes first_token_only=True to backbones that say so.
+    supports_first_token_only = True
 
     def setup(self):
         cfg = self.config
         self.embeddings = EncoderEmbeddings(cfg)
-        block = nn.remat(EncoderBlock, static_argnums=(5,)) if cfg.remat else EncoderBlock
+        block = nn.remat(EncoderBlock, static_argnums=(3, 4)) if cfg.remat else EncoderBlock
         self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
-        self.embedding_extensions = [e.build(cfg, None, e.name) for e in extensions.at_site(cfg, "embeddings")]
+        self.embedding_extensions = extensions.embedding_modules(cfg)
         if cfg.final_norm:
             self.final_norm = _norm(cfg, "final_norm")
         if cfg.add_pooling_layer:
@@ -545,7 +601,8 @@ class Encoder(nn.Module):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 segment_ids=None, unpad_index=None) -> EncoderOutput:
+                 segment_ids=None, unpad_index=None, first_token_only: bool = False,
+                 query_index=None) -> EncoderOutput:
         cfg = self.config
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
@@ -565,6 +622,9 @@ class Encoder(nn.Module):
         if (unpadded or segment_ids is not None) and self.embedding_extensions:
             raise ValueError("unpadded execution / packed rows (segment_ids) cannot be combined with embedding "
                              "extensions that lengthen the sequence (soft prompts)")
+        if unpadded and query_index is not None:
+            raise ValueError("query_index (kept tokens of the last block) refers to padded positions; it cannot be "
+                             "combined with unpadded execution (config.unpad / unpad_index)")
         if unpadded:
             index = unpad_lib.identity_plan(attention_mask) if unpad_index is None else unpad_index
             if index.ndim != 2:
@@ -578,8 +638,8 @@ class Encoder(nn.Module):
             mask = combine_masks(padding_mask(attention_mask),
                                  None if segment_ids is None else segment_mask(segment_ids))
         x = self.embeddings(ids, types, positions, deterministic)
-        for ext in self.embedding_extensions:  # e.g. soft prompts: may lengthen x and the mask
-            x, attention_mask = ext(x, attention_mask, deterministic)
+        # e.g. soft prompts: may lengthen x and the mask
+        x, attention_mask = extensions.apply_embeddings(self.embedding_extensions, x, attention_mask, deterministic)
         if x.shape[1] != positions.shape[1]:  # prepended prompt tokens: positions 0..l'-1
             positions = jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape[:2])
             mask = padding_mask(attention_mask)
@@ -594,10 +654,14 @@ class Encoder(nn.Module):
         if cfg.position_embedding_type == "rope":
             for t in set(layer_types):
                 ropes[t] = pos_lib.rope_angles(positions, cfg.head_dim, cfg.rope_theta_for(t))
+        # Heads that read only token 0 (the pooler, [CLS] classifiers): the last block runs for it alone.
+        shortcut = first_token_only and cfg.first_token_shortcut and not unpadded
         states = [x] if output_hidden_states else None
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             t = layer_types[i]
-            x = layer(x, masks[t], distance, ropes.get(t), deterministic)
+            x = layer(x, masks[t], deterministic, shortcut and i == last, query_index if i == last else None,
+                      distance, ropes.get(t))
             if output_hidden_states:
                 states.append(x)
         if cfg.final_norm:
