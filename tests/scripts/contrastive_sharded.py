@@ -1,6 +1,6 @@
 """Cross-device negatives on 8 simulated CPU devices; prints one JSON line.
 
-Used by ``tests/test_contrastive_sharded.py`` in a subprocess (the device count flag must be
+Used by ``tests/train/test_contrastive_sharded.py`` in a subprocess (the device count flag must be
 set before jax is imported). For a 32-row global batch of random query / doc (positive + 2
 hard negatives) embeddings it compares, on meshes ``data=8`` and ``data=2 x fsdp=4``:
 

@@ -1,5 +1,5 @@
 """A few LoRA contrastive steps of a tiny bidirectional Qwen2-shaped decoder on meshes of 8 simulated
-CPU devices; prints JSON with per-mesh losses (run by tests/test_llm_sharding.py in a subprocess,
+CPU devices; prints JSON with per-mesh losses (run by tests/train/test_llm_sharding.py in a subprocess,
 because the device count must be set before jax is imported).
 
 Meshes: a 1-device reference, ``data=2 x fsdp=2 x tensor=2`` and ``fsdp=4 x tensor=2``. Params are

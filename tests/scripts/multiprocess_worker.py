@@ -1,6 +1,6 @@
 """One process of a (multi-process) training run of the tiny config; prints JSON on its last line.
 
-Used by ``tests/test_multiprocess.py``. Multi-process on localhost (one per process)::
+Used by ``tests/train/test_multiprocess.py``. Multi-process on localhost (one per process)::
 
     python tests/scripts/multiprocess_worker.py --train T --test T --workdir D \
         --coordinator 127.0.0.1:PORT --num_processes 2 --process_id I

@@ -1,6 +1,6 @@
 """Run the same 3 training steps on several meshes of 8 simulated CPU devices; print JSON.
 
-Used by ``tests/test_train_sharding.py`` in a subprocess, because the simulated device count
+Used by ``tests/train/test_train_sharding.py`` in a subprocess, because the simulated device count
 (``--xla_force_host_platform_device_count=8``) must be set before jax is imported::
 
     python tests/scripts/sharded_steps.py --train T.jsonl --test T.jsonl [--steps 3]

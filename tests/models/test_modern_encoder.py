@@ -99,7 +99,7 @@ def test_block_variants_train(changes):
 def test_attention_implementations_agree(name):
     """ALiBi bias (mosaic) and sliding windows (modern) through each implementation. On CPU both
     fused names run the reference path (see ``attention.dot_product_attention``); on GPU they reach
-    ``jax.nn.dot_product_attention`` / cuDNN. ``tests/test_attention.py`` compares the reference
+    ``jax.nn.dot_product_attention`` / cuDNN. ``tests/models/test_attention.py`` compares the reference
     with ``jax.nn.dot_product_attention`` directly."""
     ids = np.random.default_rng(0).integers(1, 64, (2, 40)).astype(np.int32)
     mask = (np.arange(40)[None] < np.array([[40], [17]])).astype(np.int32)

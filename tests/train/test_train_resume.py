@@ -25,7 +25,7 @@ import pytest
 
 from conftest import read_jsonl
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = "experiments/configs/finetune_classification.py"
 N = 20  # deterministic SIGTERM at this step
 TOTAL = 2 * N

@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 from jaxbert import SentenceEncoder  # noqa: E402
 from jaxbert.convert.hf import load_pretrained, save_pretrained  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-5
 TEXTS = ["a gripping, beautifully acted film.", "dull.", "the plot meanders, but the last act lands with real force",
          "an unexpectedly tender comedy about two brothers and a broken-down car"]

@@ -15,7 +15,7 @@ from jaxbert.eval.squad import exact_match, f1_score, normalize_answer, squad_sc
 from jaxbert.tasks.question_answering import best_span, decode_answers
 from task_roundtrip import quiet, train_and_restore
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 V1, V2 = FIXTURES / "squad_v1.json", FIXTURES / "squad_v2.json"
 
 

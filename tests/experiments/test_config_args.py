@@ -70,7 +70,7 @@ def test_config_files_parse_through_it(module, arg, key, value, data_dir):
 def test_no_config_file_parses_its_argument_by_hand():
     """Every config with a ``get_config`` goes through ``parse_arg`` (no ``arg.split(",")`` copies)."""
     from pathlib import Path
-    folder = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+    folder = Path(__file__).resolve().parents[2] / "experiments" / "configs"
     for path in sorted(folder.glob("*.py")):
         text = path.read_text()
         if "\ndef get_config(" in text:
@@ -83,7 +83,7 @@ def test_every_docstring_command_builds_its_config(data_dir):
     import ast
     import re
     from pathlib import Path
-    folder = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+    folder = Path(__file__).resolve().parents[2] / "experiments" / "configs"
     seen = 0
     for path in sorted(folder.glob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""

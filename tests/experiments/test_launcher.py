@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = "experiments/configs/finetune_classification.py"
 TREC_LABELS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 TRAIN_FIELDS = {"step", "split", "loss", "accuracy", "learning_rate", "tokens_per_sec",

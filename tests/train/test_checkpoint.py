@@ -29,7 +29,7 @@ from jaxbert.train.checkpoint import (
     unpack_prng_keys,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_state(seed: int = 0, step: int = 7):

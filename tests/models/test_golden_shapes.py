@@ -1,7 +1,7 @@
-"""Parameter shapes of every registry preset stay what ``tests/golden/param_shapes.json`` records.
+"""Parameter shapes of every registry preset stay what ``tests/models/golden/param_shapes.json`` records.
 
 A changed shape, a renamed or dropped parameter changes checkpoints and converter tables; when
-that is intended, regenerate the golden file with ``tests/golden/make_param_shapes.py``.
+that is intended, regenerate the golden file with ``tests/models/golden/make_param_shapes.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _diff(golden_shapes: dict, current_shapes: dict) -> list[str]:
 def test_presets_match_golden_file(current, golden):
     assert sorted(golden) == sorted(current) == registry.names(kind="encoder"), (
         f"preset list changed: golden {sorted(golden)} vs registry {registry.names(kind='encoder')}; "
-        "rerun tests/golden/make_param_shapes.py if intended")
+        "rerun tests/models/golden/make_param_shapes.py if intended")
     problems = []
     for name in registry.names(kind="encoder"):
         for task in maker.TASKS:
@@ -60,8 +60,8 @@ def test_presets_match_golden_file(current, golden):
                 lines.append(f"  total: golden {g['total']:,} -> now {c['total']:,}")
             if lines:
                 problems.append(f"{name} / {task}:\n" + "\n".join(lines))
-    assert not problems, ("parameter shapes differ from tests/golden/param_shapes.json "
-                          "(rerun tests/golden/make_param_shapes.py if intended):\n" + "\n".join(problems))
+    assert not problems, ("parameter shapes differ from tests/models/golden/param_shapes.json "
+                          "(rerun tests/models/golden/make_param_shapes.py if intended):\n" + "\n".join(problems))
 
 
 # Published parameter counts of transformers.BertModel (with pooler) / BertForMaskedLM.

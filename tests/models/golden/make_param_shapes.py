@@ -1,9 +1,9 @@
 """Regenerate ``param_shapes.json``: parameter shapes of every registry preset for a few tasks.
 
-    .venv/bin/python tests/golden/make_param_shapes.py
+    .venv/bin/python tests/models/golden/make_param_shapes.py
 
 Shapes come from ``jax.eval_shape`` (nothing is allocated, so bert-large is cheap).
-``tests/test_golden_shapes.py`` imports :func:`compute_param_shapes` from here and compares
+``tests/models/test_golden_shapes.py`` imports :func:`compute_param_shapes` from here and compares
 its result with the committed JSON; rerun this script only when a shape change is intended.
 """
 

@@ -29,7 +29,7 @@ from jaxbert.data import (
     write_array_record,
 )
 
-DATA = Path(os.environ.get("JAXBERT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DATA = Path(os.environ.get("JAXBERT_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 TREC_COARSE = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 
 needs_data = pytest.mark.skipif(not (DATA / "trec" / "test.jsonl").is_file(), reason=f"no shared data at {DATA}")
