@@ -1,6 +1,6 @@
 """Sentence embeddings from a Llama / Qwen2 decoder: :class:`LlmSentenceEncoder`.
 
-``jaxbert.SentenceEncoder.from_pretrained`` (:func:`jaxbert.inference.load.load`) returns one of these for
+``jaxbert.SentenceEncoder.from_pretrained`` (dispatching on the architecture's ``kind``) returns one of these for
 any checkpoint whose architecture is a decoder (a ``.gguf`` file, an HF ``llama`` / ``qwen2`` directory)::
 
     enc = jaxbert.SentenceEncoder.from_pretrained(fetch("smollm2"), pooling="mean", bidirectional=True)
@@ -76,6 +76,8 @@ def _saved_embedding_settings(path: Path) -> dict[str, Any]:
 
 class LlmSentenceEncoder(SentenceEncoder):
     """A decoder LLM (causal or bidirectional) + pooling as a sentence encoder (see the module docstring)."""
+
+    kind = "decoder"  # SentenceEncoder.from_pretrained sends decoder checkpoints here
 
     def __init__(self, model: Any, params: dict, config: Any, tokenizer: Any, *, pooling: str = "mean",
                  normalize: bool = False, max_length: int = 512, add_eos: bool | None = None,

@@ -46,6 +46,9 @@ import jax
 import numpy as np
 
 from jaxbert.compiler_options import compiler_options
+from jaxbert.convert.hf import read_hf_config
+from jaxbert.models import registry
+from jaxbert.models.architecture import ArchitectureSpec
 from jaxbert.models.pooling import check_mode, l2_normalize, pool, read_st_pooling, st_transformer_dir
 
 # Options accepted by ``from_pretrained(**options)`` -> allowed values.
@@ -92,6 +95,25 @@ def _jitted_embed(model: Any, modes: tuple[str, ...]):
                    compiler_options=compiler_options())
 
 
+# ArchitectureSpec.kind -> the sentence-encoder class that loads it. SentenceEncoder serves "encoder";
+# subclasses add their kind when defined (jaxbert.inference imports every one of them).
+ENCODERS: dict[str, type] = {}
+
+
+def architecture_of(path: str | os.PathLike) -> ArchitectureSpec:
+    """The spec of a model directory (HF or sentence-transformers) or single-file checkpoint, from its
+    config alone (no weights read)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        spec = registry.spec_for_file(path)
+        if spec is None:
+            raise NotADirectoryError(f"{path} is not a directory (expected a sentence-transformers or HF model "
+                                     "directory) nor a single-file checkpoint a registered architecture reads")
+        return spec
+    model_dir = st_transformer_dir(path) if (path / "modules.json").is_file() else path
+    return registry.spec_for_hf_config(read_hf_config(model_dir), model_dir)
+
+
 class SentenceEncoder:
     """A BERT-family encoder + pooling (+ normalisation) that turns texts into embedding vectors.
 
@@ -100,6 +122,14 @@ class SentenceEncoder:
     ``params`` (plain param dict), ``pooling`` (mode or tuple of modes), ``normalize`` (True
     when the model directory asks for normalised outputs), ``tokenizer``, ``model``.
     """
+
+    #: The :attr:`ArchitectureSpec.kind <jaxbert.models.architecture.ArchitectureSpec.kind>` this class
+    #: loads; a subclass with another kind registers itself in :data:`ENCODERS` when it is defined.
+    kind = "encoder"
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        ENCODERS[cls.kind] = cls
 
     def __init__(self, model: Any, params: dict, config: Any, tokenizer: Any, *,
                  pooling: str | tuple[str, ...] = "mean", normalize: bool = False, max_length: int = 512,
@@ -123,17 +153,21 @@ class SentenceEncoder:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, pooling: str | Sequence[str] | None = None,
                         max_length: int | None = None, **options: Any) -> "SentenceEncoder":
-        """Load any registered architecture's checkpoint as a sentence encoder: :func:`jaxbert.inference.load.load`.
+        """Load any registered architecture's checkpoint as a sentence encoder.
 
-        Encoders load as :class:`SentenceEncoder` (:meth:`load`); Llama / Qwen2 decoders (a
+        The checkpoint's :class:`~jaxbert.models.architecture.ArchitectureSpec` (see
+        :func:`architecture_of`) names its ``kind``; the encoder class of that kind loads it
+        (its :meth:`load`). Encoders load as :class:`SentenceEncoder`; Llama / Qwen2 decoders (a
         ``.gguf`` file or an HF dir with that ``model_type``) as
         :class:`jaxbert.inference.llm_encoder.LlmSentenceEncoder`, with the extra options
         ``bidirectional`` (default True), ``add_eos``, ``tokenizer``, ``normalize`` and LLM pooling
         names (``mean``, ``weighted_mean``, ``last_token``, ``first_token``).
         """
-        from jaxbert.inference.load import load  # the dispatcher imports this module, not the reverse
-
-        return load(path, pooling=pooling, max_length=max_length, **options)
+        kind = architecture_of(path).kind
+        if kind not in ENCODERS:
+            raise ValueError(f"{path}: no sentence encoder for architectures of kind {kind!r}; "
+                             f"known: {sorted(ENCODERS)}")
+        return ENCODERS[kind].load(path, pooling=pooling, max_length=max_length, **options)
 
     @classmethod
     def load(cls, path: str | os.PathLike, pooling: str | Sequence[str] | None = None,
@@ -343,3 +377,6 @@ class SentenceEncoder:
         a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
         b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
         return a @ b.T
+
+
+ENCODERS[SentenceEncoder.kind] = SentenceEncoder

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jaxbert
 from jaxbert.convert.hf import save_pretrained
 from jaxbert.inference.llm_encoder import LlmSentenceEncoder
-from jaxbert.inference.load import architecture_of
+from jaxbert.inference import architecture_of
 from jaxbert.models.llm import model as llm
 from jaxbert.models.llm.model import LlmModel
 
