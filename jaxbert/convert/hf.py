@@ -43,6 +43,7 @@ from jaxbert.convert.report import CheckpointMismatchError, LoadReport, preview
 from jaxbert.convert.rules import KeyTable
 from jaxbert.models import registry
 from jaxbert.models.architecture import ArchitectureSpec
+from jaxbert.models.params import SEP, join_keys
 from jaxbert.models.task_models import TASKS, build_task_model
 
 
@@ -165,7 +166,7 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
             arr = None
         converted[path] = (key, arr, tuple(value.shape))
 
-    flat_template = {"/".join(k): v for k, v in traverse_util.flatten_dict(template).items()}
+    flat_template = {join_keys(k): v for k, v in traverse_util.flatten_dict(template).items()}
     out = {}
     for path, tmpl in flat_template.items():
         if path in converted:
@@ -185,7 +186,7 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
     report.ignored.extend(key for key, _, _ in converted.values())
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise CheckpointMismatchError("checkpoint does not match the model:\n" + report.problems())
-    params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
+    params = traverse_util.unflatten_dict({tuple(k.split(SEP)): v for k, v in out.items()})
     return params, report
 
 
@@ -203,7 +204,7 @@ def params_to_hf(params: dict, config: Any, task: str = "base", arch: KeyTable |
     knows are tried against the ``"base"`` head rules (e.g. an LLM's untied ``lm_head``).
     """
     arch = arch or registry.spec_of(config).key_table()
-    flat = {"/".join(k): np.asarray(jax.device_get(v)) for k, v in traverse_util.flatten_dict(params).items()}
+    flat = {join_keys(k): np.asarray(jax.device_get(v)) for k, v in traverse_util.flatten_dict(params).items()}
     out: dict[str, np.ndarray] = {}
     unknown = []
     for path, value in flat.items():

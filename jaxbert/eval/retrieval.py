@@ -20,15 +20,13 @@ compute their metrics from the embeddings, so a training task embeds ``set.texts
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxbert.data.sources import read_jsonl_lines
 from jaxbert.eval.regression import pearson, spearman
 
 __all__ = ["RetrievalSet", "SimilaritySet", "exact_search", "retrieval_scores", "ndcg_at_k", "mrr_at_k",
@@ -132,22 +130,6 @@ def similarity_spearman(emb_a: np.ndarray, emb_b: np.ndarray, gold: np.ndarray) 
 # ----------------------------------------------------------------------------- data
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"JSONL file not found: {path}")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {lineno}: malformed JSON: {e.msg}") from None
-    return out
-
-
 def load_qrels(path: str | os.PathLike, doc_ids: Sequence[str] | set[str] | None = None,
                query_ids: Sequence[str] | set[str] | None = None) -> dict[str, dict[str, float]]:
     """``{query_id: {doc_id: score}}`` from JSONL rows ``{"query_id", "doc_id", "score"}``.
@@ -158,7 +140,7 @@ def load_qrels(path: str | os.PathLike, doc_ids: Sequence[str] | set[str] | None
     docs = None if doc_ids is None else set(doc_ids)
     queries = None if query_ids is None else set(query_ids)
     out: dict[str, dict[str, float]] = {}
-    for lineno, r in _read_jsonl(Path(path)):
+    for lineno, r in read_jsonl_lines(Path(path)):
         for key in ("query_id", "doc_id"):
             if key not in r:
                 raise ValueError(f"{path} line {lineno}: no field {key!r} (record has {sorted(r)})")
@@ -207,8 +189,8 @@ def load_retrieval_set(queries_path: str | os.PathLike, corpus_path: str | os.Pa
     ``query_limit`` keeps the first N queries; ``corpus_limit`` keeps the relevant documents of
     the kept queries plus the first ``corpus_limit`` others (quick runs).
     """
-    queries = [r for _, r in _read_jsonl(Path(queries_path))]
-    corpus = [r for _, r in _read_jsonl(Path(corpus_path))]
+    queries = [r for _, r in read_jsonl_lines(Path(queries_path))]
+    corpus = [r for _, r in read_jsonl_lines(Path(corpus_path))]
     qrels = load_qrels(qrels_path, doc_ids=[str(d["id"]) for d in corpus],
                        query_ids=[str(q["id"]) for q in queries])
     queries = [q for q in queries if str(q["id"]) in qrels]
@@ -244,10 +226,10 @@ class SimilaritySet:
 def load_lee(folder: str | os.PathLike) -> SimilaritySet:
     """Lee et al. (2005): 50 documents, 1,225 human-rated pairs (``lee/docs.jsonl``, ``similarity.jsonl``)."""
     folder = Path(folder)
-    docs = sorted((r for _, r in _read_jsonl(folder / "docs.jsonl")), key=lambda d: int(d["id"]))
+    docs = sorted((r for _, r in read_jsonl_lines(folder / "docs.jsonl")), key=lambda d: int(d["id"]))
     ids = {int(d["id"]): i for i, d in enumerate(docs)}
     pairs, scores = [], []
-    for lineno, r in _read_jsonl(folder / "similarity.jsonl"):
+    for lineno, r in read_jsonl_lines(folder / "similarity.jsonl"):
         for key in ("a", "b"):
             if int(r[key]) not in ids:
                 raise ValueError(f"{folder / 'similarity.jsonl'} line {lineno}: document {r[key]} is not in docs.jsonl")
@@ -258,7 +240,7 @@ def load_lee(folder: str | os.PathLike) -> SimilaritySet:
 
 def load_word_similarity(path: str | os.PathLike) -> SimilaritySet:
     """SimLex-999 / WordSim-353 rows ``{"word1", "word2", "score"}``: texts are the distinct words."""
-    rows = _read_jsonl(Path(path))
+    rows = read_jsonl_lines(Path(path))
     words: dict[str, int] = {}
     pairs, scores = [], []
     for lineno, r in rows:
@@ -300,7 +282,7 @@ def load_probe_set(train_path: str | os.PathLike, test_path: str | os.PathLike, 
                    name: str = "probe") -> ProbeSet:
     """Labelled JSONL train / test files (labels str or int; ids from the sorted train labels)."""
     def read(path, limit):
-        rows = _read_jsonl(Path(path))[:limit] if limit else _read_jsonl(Path(path))
+        rows = read_jsonl_lines(Path(path))[:limit] if limit else read_jsonl_lines(Path(path))
         for lineno, r in rows:
             if text_field not in r or label_field not in r:
                 raise ValueError(f"{path} line {lineno}: needs fields {text_field!r} and {label_field!r} "

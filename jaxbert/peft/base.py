@@ -61,10 +61,6 @@ class PeftError(ValueError):
 # Param-tree helpers
 # ----------------------------------------------------------------------------------------------
 
-def _key(k: Any) -> str:
-    return str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-
-
 def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
     """Nested dict -> ``{'a/b/c': leaf}`` (boxed ``nn.Partitioned`` leaves stay boxed)."""
     out: dict[str, Any] = {}
