@@ -209,14 +209,14 @@ def model_flops(cfg, batch: dict) -> float:
 
 
 def jax_config(preset_name: str, args):
-    from jaxbert.models.transformer.model import preset
+    from jaxbert.models import registry
 
     over = dict(dtype=args.dtype, attention_implementation=args.attention_implementation)
     if args.tiny:
         over.update(TINY)
         if preset_name.startswith("modernbert"):
             over.update(local_attention=32)
-    return preset(preset_name, **over)
+    return registry.get(preset_name, **over)[0]
 
 
 # ----------------------------------------------------------------------------- peak
@@ -359,6 +359,8 @@ def run_torch(name: str, batches: list[dict], args, np) -> dict:
     import torch
     import transformers
 
+    from jaxbert.models.modernbert import hf as modernbert_hf
+
     preset_name = TORCH_MODELS[name]
     cfg = jax_config(preset_name, args)  # the same shapes as the jaxbert model of that name
     dev = "cuda" if args.device_kind == "gpu" else "cpu"
@@ -371,7 +373,7 @@ def run_torch(name: str, batches: list[dict], args, np) -> dict:
             max_position_embeddings=cfg.max_position_embeddings, layer_norm_eps=cfg.layer_norm_eps)
         model = transformers.BertForMaskedLM._from_config(hf_cfg, attn_implementation="sdpa")
     else:
-        hf = {k: v for k, v in cfg.to_hf_dict().items() if k not in ("model_type", "architectures")}
+        hf = {k: v for k, v in modernbert_hf.config_to_hf(cfg).items() if k not in ("model_type", "architectures")}
         hf_cfg = transformers.ModernBertConfig(**hf, sparse_prediction=True)
         model = transformers.ModernBertForMaskedLM._from_config(hf_cfg, attn_implementation="sdpa")
     model.to(dev).train()

@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)))
     p.add_argument("--models", default="m2,attention")
     p.add_argument("--m2-preset", default="m2-bert-80m")
-    p.add_argument("--attention-preset", default="bert-base", help="a jaxbert.models.transformer.model preset")
+    p.add_argument("--attention-preset", default="bert-base", help="a registry preset of the configurable encoder")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fit-from", type=int, default=1024)
@@ -89,24 +89,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build(model: str, length: int, args):
+    from jaxbert.models import registry
     from jaxbert.models.m2 import model as m2
     from jaxbert.models.transformer import model as encoder
 
     if model == "m2":
-        cfg = m2.preset(args.m2_preset, max_position_embeddings=length, long_conv_l_max=length,
-                        hidden_dropout_prob=0.0, add_pooling_layer=False, dtype=args.dtype)
+        cfg, _ = registry.get(args.m2_preset, max_position_embeddings=length, long_conv_l_max=length,
+                              hidden_dropout_prob=0.0, add_pooling_layer=False, dtype=args.dtype)
         return m2.M2Model(cfg), cfg
     if model == "attention":
-        cfg = encoder.preset(args.attention_preset, max_position_embeddings=length, hidden_dropout_prob=0.0,
-                             attention_probs_dropout_prob=0.0, add_pooling_layer=False, dtype=args.dtype)
+        cfg, _ = registry.get(args.attention_preset, max_position_embeddings=length, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0, add_pooling_layer=False, dtype=args.dtype)
         return encoder.Encoder(cfg), cfg
     raise ValueError(f"unknown model {model!r}; known: m2, attention")
 
 
 def attention_fits(length: int, args) -> tuple[bool, float]:
-    from jaxbert.models.transformer import model as encoder
+    from jaxbert.models import registry
 
-    heads = encoder.preset(args.attention_preset).num_attention_heads
+    heads = registry.get(args.attention_preset)[0].num_attention_heads
     need = 3 * heads * length * length * 4
     total = (common.memory_gib() or 0) * 2**30
     return need <= args.attention_memory_fraction * total, need

@@ -7,7 +7,7 @@ What every task shares lives here, so a task file holds only what is specific to
   ``"asset:NAME"``, :func:`resolve_model_path`) through :func:`jaxbert.convert.hf.load_pretrained`,
   or a random init of ``model.preset`` through :func:`jaxbert.models.registry.get` +
   :func:`jaxbert.models.task_models.build_task_model`; LLM decoders through
-  :func:`jaxbert.models.llm.hf.load_llm` / :func:`jaxbert.models.llm.model.preset`. ``model.overrides``
+  :func:`jaxbert.models.llm.hf.load_llm` / :func:`jaxbert.models.registry.get`. ``model.overrides``
   (None values dropped) replace config fields. :meth:`Task.load_task_tokenizer` loads the
   tokenizer (``data.tokenizer`` or the model directory) and checks it against the vocabulary.
 * **PEFT** (:meth:`Task.attach_peft`): every task honours ``config.peft`` or refuses the method
@@ -211,6 +211,7 @@ class Task:
 
     @staticmethod
     def _load_llm(config: Any, model_dir: Path | None, overrides: dict[str, Any]) -> Loaded:
+        from jaxbert.models import registry
         from jaxbert.models.llm import model as llm_lib
         from jaxbert.models.llm.hf import load_llm
 
@@ -218,7 +219,10 @@ class Task:
             path = model_dir if model_dir is not None else resolve_model_path(config.model.init_from)
             pre = load_llm(path, **overrides)
             return Loaded(llm_lib.LlmModel(pre.config), pre.config, llm_lib.LlmModel, pre.params, path, pre.hf_config)
-        cfg = llm_lib.preset(config.model.preset, **overrides)
+        if config.model.preset not in registry.names(kind="decoder"):
+            raise ValueError(f"model.preset={config.model.preset!r} is not an LLM preset; "
+                             f"known: {registry.names(kind='decoder')}")
+        cfg, _ = registry.get(config.model.preset, **overrides)
         return Loaded(llm_lib.LlmModel(cfg), cfg, llm_lib.LlmModel, None, None)
 
     def load_task_tokenizer(self, config: Any, model_dir: Path | None, vocab_size: int | None = None) -> Any:

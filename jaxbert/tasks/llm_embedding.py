@@ -23,7 +23,7 @@ Config keys read (``experiments/configs/llm_embedding.py`` sets them all)::
 
     model.init_from   a .gguf file, an HF Llama/Qwen2 directory (e.g. an earlier run's export) or
                       "asset:smollm2"; None: random init of model.preset
-    model.preset      a jaxbert.models.llm.model preset (llama-tiny, qwen2-tiny, smollm2-135m)
+    model.preset      a registry LLM preset (llama-tiny, qwen2-tiny, smollm2-135m)
     model.overrides   dtype, param_dtype, attention_implementation, remat (other keys must be None)
     data.train        JSONL: texts in data.text_field (mntp) or records with data.anchor_field,
                       data.positive_field and optionally data.negative_field (a str or a list)

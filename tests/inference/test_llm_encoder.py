@@ -12,7 +12,7 @@ import jaxbert
 from jaxbert.convert.hf import save_pretrained
 from jaxbert.inference.llm_encoder import LlmSentenceEncoder
 from jaxbert.inference import architecture_of
-from jaxbert.models.llm import model as llm
+from jaxbert.models import registry
 from jaxbert.models.llm.model import LlmModel
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(200)]
@@ -26,7 +26,7 @@ def model_dir(tmp_path_factory):
     from transformers import PreTrainedTokenizerFast
 
     path = tmp_path_factory.mktemp("tiny_llama")
-    cfg = llm.preset("llama-tiny", pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = registry.get("llama-tiny", pad_token_id=0, bos_token_id=1, eos_token_id=2)[0]
     params = nn.unbox(LlmModel(cfg).init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"])
     save_pretrained(path, params, cfg)
     tk = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))

@@ -13,14 +13,13 @@ import pytest
 from flax import traverse_util
 from jax import lax
 
+from jaxbert.models import registry
 from jaxbert.models.layers import attention as attention_lib
 from jaxbert.models.layers import linear
 from jaxbert.models.layers.mlp import Mlp
 from jaxbert.models.layers.norms import LayerNorm
 from jaxbert.models.llm.model import LlmModel
-from jaxbert.models.llm.model import preset as llm_preset
 from jaxbert.models.transformer.model import Encoder, EncoderBlock
-from jaxbert.models.transformer.model import preset as encoder_preset
 from jaxbert.peft.adapters import AttentionAdapter, MlpAdapter
 
 IDS = jnp.asarray(np.random.default_rng(0).integers(1, 64, (2, 12)), jnp.int32)
@@ -50,7 +49,7 @@ def _block_kernel_shapes(params) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("name", ["bert-tiny", "modernbert-tiny", "mosaicbert-tiny"])
 def test_injected_dot_general_reaches_every_attention_and_mlp_matmul(name):
-    cfg = encoder_preset(name, vocab_size=64, num_hidden_layers=2)
+    cfg = registry.get(name, vocab_size=64, num_hidden_layers=2)[0]
     params = Encoder(cfg).init(jax.random.key(0), IDS, MASK)["params"]
     ref = Encoder(cfg).apply({"params": params}, IDS, MASK).last_hidden_state
     _CALLS.clear()
@@ -62,7 +61,7 @@ def test_injected_dot_general_reaches_every_attention_and_mlp_matmul(name):
 
 
 def test_injected_dot_general_on_the_llm_block():
-    cfg = llm_preset("llama-tiny")
+    cfg = registry.get("llama-tiny")[0]
     params = LlmModel(cfg).init(jax.random.key(0), IDS, MASK)["params"]
     _CALLS.clear()
     LlmModel(cfg.replace(dot_general="test_recording")).apply({"params": params}, IDS, MASK)
@@ -74,9 +73,9 @@ def test_injected_dot_general_on_the_llm_block():
 def test_standard_names_and_clear_errors():
     assert linear.get_dot_general("standard") is linear.DOT_GENERALS["standard"]
     with pytest.raises(ValueError, match="dot_general='nope'"):
-        encoder_preset("bert-tiny", dot_general="nope")
+        registry.get("bert-tiny", dot_general="nope")
     with pytest.raises(ValueError, match="attention_kind='nope'"):
-        encoder_preset("bert-tiny", attention_kind="nope")
+        registry.get("bert-tiny", attention_kind="nope")
     with pytest.raises(ValueError, match="already registered"):
         linear.register_dot_general("standard", _recording_dot_general)
     with pytest.raises(ValueError, match="unknown attention kind"):
@@ -92,7 +91,7 @@ class _ZeroOutAttention(attention_lib.MultiHeadAttention):
 
 def test_attention_kind_from_the_registry():
     attention_lib.register_attention_kind("test_zero", _ZeroOutAttention, replace=True)
-    cfg = encoder_preset("bert-tiny", vocab_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = registry.get("bert-tiny", vocab_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)[0]
     x = jax.random.normal(jax.random.key(1), (2, 12, cfg.hidden_size))
     mask = attention_lib.padding_mask(MASK)
     block = EncoderBlock(cfg, 0)
@@ -112,7 +111,7 @@ def test_attention_kind_from_the_registry():
     ("mosaicbert-tiny", {}),                                               # ALiBi bias rows
 ])
 def test_kept_token_queries_equal_the_full_output_at_those_tokens(name, changes):
-    cfg = encoder_preset(name, vocab_size=64, num_hidden_layers=2, local_attention=4, **changes)
+    cfg = registry.get(name, vocab_size=64, num_hidden_layers=2, local_attention=4, **changes)[0]
     model = Encoder(cfg)
     params = model.init(jax.random.key(0), IDS, MASK)["params"]
     segments = jnp.asarray(np.repeat([[1] * 5 + [2] * 7], 2, axis=0), jnp.int32)
@@ -131,7 +130,7 @@ def test_kept_token_queries_equal_the_full_output_at_those_tokens(name, changes)
 
 
 def test_kept_token_queries_are_refused_with_unpadding():
-    cfg = encoder_preset("modernbert-tiny", vocab_size=64, unpad=True)
+    cfg = registry.get("modernbert-tiny", vocab_size=64, unpad=True)[0]
     model = Encoder(cfg)
     params = model.init(jax.random.key(0), IDS, MASK)["params"]
     with pytest.raises(ValueError, match="query_index"):
@@ -139,7 +138,7 @@ def test_kept_token_queries_are_refused_with_unpadding():
 
 
 def test_adapter_extension_on_the_llm_block_changes_outputs_and_trains_only_its_leaves():
-    base = llm_preset("llama-tiny")
+    base = registry.get("llama-tiny")[0]
     cfg = base.replace(extensions=(AttentionAdapter(bottleneck=8), MlpAdapter(bottleneck=8)))
     model = LlmModel(cfg)
     params = nn.unbox(model.init(jax.random.key(0), IDS, MASK)["params"])
@@ -185,7 +184,7 @@ def test_adapter_extension_on_the_llm_block_changes_outputs_and_trains_only_its_
 
 def test_prefix_extension_on_the_llm_block():
     prefix = pytest.importorskip("jaxbert.peft.prefix")
-    base = llm_preset("llama-tiny")
+    base = registry.get("llama-tiny")[0]
     cfg = base.replace(extensions=(prefix.PrefixExtension(length=3),))
     model = LlmModel(cfg)
     params = nn.unbox(model.init(jax.random.key(0), IDS, MASK)["params"])

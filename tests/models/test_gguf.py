@@ -14,7 +14,7 @@ pytest.importorskip("gguf")
 from jaxbert.models.llm.gguf import GGUFError, permute_qk, read_gguf, unpermute_qk, write_gguf  # noqa: E402
 from jaxbert.models.llm.hf import load_llm, load_llm_tokenizer  # noqa: E402
 from jaxbert.convert.hf import params_to_hf  # noqa: E402
-from jaxbert.models.llm import model as llm  # noqa: E402
+from jaxbert.models import registry  # noqa: E402
 from jaxbert.models.llm.model import LlmModel  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def test_permutation_roundtrip_and_layout():
 
 @pytest.mark.parametrize("name", ["llama-tiny", "qwen2-tiny"])
 def test_gguf_f32_roundtrip_exact(tmp_path, name):
-    cfg = llm.preset(name)
+    cfg = registry.get(name)[0]
     params = _params(cfg)
     path = write_gguf(tmp_path / "m.gguf", _hf_state(params, cfg), cfg.to_hf_dict(), "F32")
     ckpt = read_gguf(path)
@@ -55,7 +55,7 @@ def test_gguf_f32_roundtrip_exact(tmp_path, name):
 
 
 def test_gguf_quantized_q8_0_close(tmp_path):
-    cfg = llm.preset("llama-tiny")
+    cfg = registry.get("llama-tiny")[0]
     params = _params(cfg, seed=1)
     path = write_gguf(tmp_path / "q.gguf", _hf_state(params, cfg), cfg.to_hf_dict(), "Q8_0")
     ckpt = read_gguf(path)
@@ -128,7 +128,7 @@ def test_tokenizer_vocab_mismatch_is_a_clear_error(tmp_path):
     tk = Tokenizer(WordLevel(vocab, unk_token="w0"))
     tk.pre_tokenizer = Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="w2")
-    cfg = llm.preset("llama-tiny")  # vocab 256 < 300 tokens
+    cfg = registry.get("llama-tiny")[0]  # vocab 256 < 300 tokens
     with pytest.raises(ValueError, match="tokenizer has 300 tokens but the model's vocab_size is 256"):
         load_llm_tokenizer(tmp_path, cfg, tok)
     ok = load_llm_tokenizer(tmp_path, cfg.replace(vocab_size=300), tok)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax import traverse_util
 
+from jaxbert.models import registry
 from jaxbert.models.llm import model as llm
 from jaxbert.models.llm.model import LlmConfig, LlmModel, greedy_generate
 
@@ -41,7 +42,7 @@ def _batch(rng, b=3, l=9, vocab=256, left=False):
 
 @pytest.mark.parametrize("name", ["llama-tiny", "qwen2-tiny"])
 def test_every_param_has_logical_axes(name):
-    cfg = llm.preset(name)
+    cfg = registry.get(name)[0]
     v = jax.eval_shape(lambda r: LlmModel(cfg).init(r, np.zeros((1, 4), np.int32)), jax.random.key(0))
     flat = traverse_util.flatten_dict(v["params"])
     assert flat, "no params"
@@ -56,7 +57,7 @@ def test_every_param_has_logical_axes(name):
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional"])
 def test_left_and_right_padding_match_unpadded(mode):
-    cfg = llm.preset("llama-tiny")
+    cfg = registry.get("llama-tiny")[0]
     params = _init(cfg)
     model = LlmModel(cfg)
     rng = np.random.default_rng(1)
@@ -71,7 +72,7 @@ def test_left_and_right_padding_match_unpadded(mode):
 
 def test_bidirectional_differs_from_causal_exactly_where_it_should():
     """Changing token j changes earlier positions only in bidirectional mode; positions >= j change in both."""
-    cfg = llm.preset("llama-tiny")
+    cfg = registry.get("llama-tiny")[0]
     params = _init(cfg)
     model = LlmModel(cfg)
     ids = np.random.default_rng(2).integers(3, 256, (1, 10)).astype(np.int32)
@@ -98,7 +99,7 @@ def test_bidirectional_differs_from_causal_exactly_where_it_should():
 
 
 def test_attention_mode_and_config_errors():
-    cfg = llm.preset("llama-tiny")
+    cfg = registry.get("llama-tiny")[0]
     params = _init(cfg)
     with pytest.raises(ValueError, match="attention_mode"):
         LlmModel(cfg).apply({"params": params}, np.zeros((1, 3), np.int32), attention_mode="sideways")
@@ -108,8 +109,8 @@ def test_attention_mode_and_config_errors():
         LlmConfig.from_hf_dict({"model_type": "llama", "rope_scaling": {"type": "yarn", "factor": 2.0}})
     with pytest.raises(ValueError, match="model_type"):
         LlmConfig.from_hf_dict({"model_type": "gpt2"})
-    with pytest.raises(ValueError, match="unknown LLM preset"):
-        llm.preset("llama-tinyy")
+    with pytest.raises(KeyError, match="unknown model preset 'llama-tinyy'"):
+        registry.get("llama-tinyy")
 
 
 @pytest.mark.parametrize("name", ["llama-tiny", "qwen2-tiny"])
@@ -121,7 +122,7 @@ def test_hf_safetensors_parity_and_roundtrip(tmp_path, name):
     from jaxbert.convert.hf import save_pretrained
     from jaxbert.models.llm.hf import load_llm
 
-    cfg = llm.preset(name)
+    cfg = registry.get(name)[0]
     params = _init(cfg, seed=3)
     save_pretrained(tmp_path / "m", params, cfg)
     cls = transformers.LlamaForCausalLM if cfg.model_type == "llama" else transformers.Qwen2ForCausalLM
@@ -162,7 +163,7 @@ def test_rope_scaling_matches_transformers():
 
 
 def test_greedy_generate_left_right_padding_agree():
-    cfg = llm.preset("qwen2-tiny")
+    cfg = registry.get("qwen2-tiny")[0]
     params = _init(cfg, seed=5)
     model = LlmModel(cfg)
     rng = np.random.default_rng(6)

@@ -20,6 +20,7 @@ import pytest
 import flax.linen as nn
 from flax import traverse_util
 
+from jaxbert.models import registry
 from jaxbert.models.m2 import model as m2
 from jaxbert.models.layers import hyena
 from jaxbert.models.task_models import build_task_model
@@ -158,7 +159,7 @@ TINY = dict(hidden_dropout_prob=0.0)
 
 
 def _tiny(**kw):
-    return m2.preset("m2-bert-tiny", **{**TINY, **kw})
+    return registry.get("m2-bert-tiny", **{**TINY, **kw})[0]
 
 
 @functools.lru_cache(maxsize=1)
@@ -312,11 +313,11 @@ def test_remat_and_variants_agree():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="no field"):
-        m2.preset("m2-bert-tiny", attention_implementation="cudnn")
-    with pytest.raises(ValueError, match="unknown M2 preset"):
-        m2.preset("m2-bert-81m")
+        registry.get("m2-bert-tiny", attention_implementation="cudnn")
+    with pytest.raises(KeyError, match="unknown model preset 'm2-bert-81m'"):
+        registry.get("m2-bert-81m")
     with pytest.raises(ValueError, match="hyena_emb_dim"):
-        m2.preset("m2-bert-tiny", hyena_emb_dim=4)
+        registry.get("m2-bert-tiny", hyena_emb_dim=4)
     model = m2.M2Model(_tiny(max_position_embeddings=16))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model.init(jax.random.key(0), jnp.zeros((1, 17), jnp.int32))
@@ -406,7 +407,7 @@ def _reference_count(cfg: m2.M2Config) -> tuple[int, int]:
 
 @pytest.mark.parametrize("name,paper", [("m2-bert-80m", 80e6), ("m2-bert-110m", 110e6)])
 def test_preset_parameter_counts(name, paper):
-    cfg = m2.preset(name)
+    cfg = registry.get(name)[0]
     params = _abstract_params(cfg)
     total = _count(params)
     layers = m2.non_embedding_param_count(params)
@@ -525,7 +526,7 @@ def test_mlm_pretraining_through_the_engine(tmp_path, data_dir):
 def test_every_parameter_has_logical_axes_known_to_the_mesh_rules():
     from jaxbert.train.mesh import DEFAULT_RULES
 
-    cfg = m2.preset("m2-bert-tiny")
+    cfg = registry.get("m2-bert-tiny")[0]
     boxed = jax.eval_shape(lambda r: m2.M2Model(cfg).init(r, jnp.zeros((1, 8), jnp.int32)), jax.random.key(0))["params"]
     flat = traverse_util.flatten_dict(boxed, is_leaf=lambda _, x: isinstance(x, nn.Partitioned))
     known = {name for name, _ in DEFAULT_RULES}

@@ -12,7 +12,7 @@ import flax.linen as nn
 from flax import traverse_util
 
 from jaxbert.models import registry
-from jaxbert.models.transformer.model import PRESETS, Encoder, EncoderConfig, preset
+from jaxbert.models.transformer.model import Encoder, EncoderConfig
 from jaxbert.models.layers import unpad
 from jaxbert.models.task_models import build_task_model
 
@@ -21,7 +21,7 @@ MASK = np.array([[1, 1, 1, 1, 1, 1, 0, 0], [1] * 8], np.int32)
 
 
 def tiny(name="modernbert-tiny", **kw) -> EncoderConfig:
-    return preset(name, vocab_size=64, **kw)
+    return registry.get(name, vocab_size=64, **kw)[0]
 
 
 def run(cfg, ids=IDS, mask=MASK, params=None, **kw):
@@ -33,9 +33,9 @@ def run(cfg, ids=IDS, mask=MASK, params=None, **kw):
 
 def test_presets_and_logical_axes():
     """Every preset initialises abstractly; every parameter carries one logical name per dimension."""
-    assert {"bert-base", "mosaicbert-base", "modernbert-base", "modernbert-large"} <= set(PRESETS)
+    assert {"bert-base", "mosaicbert-base", "modernbert-base", "modernbert-large"} <= set(registry.names(kind="encoder"))
     for name in ("bert-base", "mosaicbert-base", "modernbert-base", "modernbert-large"):
-        model = build_task_model(preset(name), Encoder, "mlm")
+        model = build_task_model(registry.get(name)[0], Encoder, "mlm")
         boxed = jax.eval_shape(lambda r: model.init(r, IDS), jax.random.key(0))["params"]
         flat = traverse_util.flatten_dict(boxed)
         for path, leaf in flat.items():
@@ -59,9 +59,10 @@ def test_bert_path_on_real_minilm_weights(minilm_dir, minilm_tokenize, read_text
     batch = minilm_tokenize(texts, max_length=64)
     pre = load_pretrained(minilm_dir)
     c = pre.config
-    cfg = preset("bert-base", vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
-                 num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
-                 layer_norm_eps=c.layer_norm_eps, add_pooling_layer=True)
+    cfg, _ = registry.get("bert-base", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+                          num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                          intermediate_size=c.intermediate_size, layer_norm_eps=c.layer_norm_eps,
+                          add_pooling_layer=True)
     model = Encoder(cfg)
     apply = jax.jit(lambda i, m, t, u=None: model.apply({"params": pre.params}, i, m, t, unpad_index=u).last_hidden_state)
     out = np.asarray(apply(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
@@ -155,20 +156,20 @@ def test_remat_and_mlm_head_options():
 
 def test_bad_configs_are_clear():
     with pytest.raises(ValueError, match="local_attention=1024 .* larger than max_position_embeddings=512"):
-        preset("modernbert-tiny", local_attention=1024)
-    preset("modernbert-tiny", local_attention=1024, attention_pattern="global", layer_types=None)  # no window: fine
+        registry.get("modernbert-tiny", local_attention=1024)
+    registry.get("modernbert-tiny", local_attention=1024, attention_pattern="global", layer_types=None)  # no window: fine
     with pytest.raises(ValueError, match="even head dimension"):
-        preset("modernbert-tiny", hidden_size=60, num_attention_heads=4)  # head_dim 15
-    preset("bert-tiny", hidden_size=60, num_attention_heads=4)  # odd head dim is fine without RoPE
-    with pytest.raises(ValueError, match=r"unknown encoder preset 'modernbert-bse'; did you mean \['modernbert-base'"):
-        preset("modernbert-bse")
+        registry.get("modernbert-tiny", hidden_size=60, num_attention_heads=4)  # head_dim 15
+    registry.get("bert-tiny", hidden_size=60, num_attention_heads=4)  # odd head dim is fine without RoPE
+    with pytest.raises(KeyError, match=r"unknown model preset 'modernbert-bse'; did you mean \['modernbert-base'"):
+        registry.get("modernbert-bse")
     with pytest.raises(KeyError, match="unknown model preset 'mosaicbert'"):
         registry.get("mosaicbert")
     with pytest.raises(ValueError, match="norm_type='batchnorm'"):
-        preset("bert-tiny", norm_type="batchnorm")
+        registry.get("bert-tiny", norm_type="batchnorm")
     with pytest.raises(ValueError, match="layer_types has 2 entries"):
-        preset("modernbert-tiny", layer_types=("global", "sliding"))
+        registry.get("modernbert-tiny", layer_types=("global", "sliding"))
     with pytest.raises(ValueError, match="one bias switch"):
-        preset("bert-tiny", mlp_in_bias=False)
+        registry.get("bert-tiny", mlp_in_bias=False)
     with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
-        run(preset("bert-tiny", max_position_embeddings=4, vocab_size=64))
+        run(registry.get("bert-tiny", max_position_embeddings=4, vocab_size=64)[0])

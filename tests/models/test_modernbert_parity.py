@@ -18,6 +18,8 @@ import torch
 import transformers
 
 from jaxbert.convert.hf import load_pretrained, read_safetensors, save_pretrained
+from jaxbert.models import registry
+from jaxbert.models.modernbert import hf as modernbert_hf
 from jaxbert.models.transformer.model import EncoderConfig
 from jaxbert.models.layers import unpad
 
@@ -156,9 +158,8 @@ def test_masked_lm_head_parity(tmp_path):
 
 
 def test_unsupported_exports_are_clear():
-    from jaxbert.models.transformer.model import preset
     with pytest.raises(ValueError, match="not expressible as a transformers ModernBertConfig"):
-        preset("mosaicbert-tiny", model_type="modernbert").to_hf_dict()
+        modernbert_hf.config_to_hf(registry.get("mosaicbert-tiny", model_type="modernbert")[0])
     with pytest.raises(ValueError, match="rope_type"):
-        EncoderConfig.from_hf_dict({"model_type": "modernbert",
-                                    "rope_parameters": {"full_attention": {"rope_type": "yarn"}}})
+        modernbert_hf.config_from_hf({"model_type": "modernbert",
+                                      "rope_parameters": {"full_attention": {"rope_type": "yarn"}}})

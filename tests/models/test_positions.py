@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbert.models.transformer.model import Encoder, preset
+from jaxbert.models import registry
+from jaxbert.models.transformer.model import Encoder
 from jaxbert.models.layers import positions as P
 
 
@@ -83,7 +84,7 @@ def test_window_mask_is_inclusive_half_window():
 
 def test_sliding_layer_ignores_tokens_outside_the_window():
     """One sliding layer (window 16 -> |i-j| <= 8): token 30 changes only positions 22..38."""
-    cfg = preset("modernbert-tiny", num_hidden_layers=1, layer_types=("sliding",), vocab_size=64)
+    cfg = registry.get("modernbert-tiny", num_hidden_layers=1, layer_types=("sliding",), vocab_size=64)[0]
     model = Encoder(cfg)
     ids = np.random.default_rng(3).integers(1, 64, (1, 48)).astype(np.int32)
     params = model.init(jax.random.key(0), ids)

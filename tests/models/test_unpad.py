@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbert.models.transformer.model import Encoder, preset
+from jaxbert.models import registry
+from jaxbert.models.transformer.model import Encoder
 from jaxbert.models.layers import unpad
 from jaxbert.models.task_models import build_task_model
 
@@ -62,7 +63,7 @@ def test_gather_scatter_round_trip():
 
 @pytest.mark.parametrize("name", ["bert-tiny", "mosaicbert-tiny", "modernbert-tiny"])
 def test_unpadded_equals_padded(name):
-    cfg = preset(name, vocab_size=100)
+    cfg = registry.get(name, vocab_size=100)[0]
     model = Encoder(cfg)
     ids, mask = make_batch(cfg.vocab_size)
     params = model.init(jax.random.key(0), ids, mask)
@@ -81,7 +82,7 @@ def test_unpadded_equals_padded(name):
 
 def test_mlm_loss_and_gradients_match():
     """MLM head on masked positions only; loss and every gradient equal padded vs unpadded."""
-    cfg = preset("modernbert-tiny", vocab_size=100)
+    cfg = registry.get("modernbert-tiny", vocab_size=100)[0]
     model = build_task_model(cfg, Encoder, "mlm")
     ids, mask = make_batch(cfg.vocab_size)
     rng = np.random.default_rng(1)
@@ -121,7 +122,7 @@ def test_unpad_rejects_soft_prompts():
         def build(self, config, layer_index, name):
             return Prompt(name=name)
 
-    cfg = preset("bert-tiny", unpad=True, extensions=(PromptExt(),))
+    cfg = registry.get("bert-tiny", unpad=True, extensions=(PromptExt(),))[0]
     ids, mask = make_batch(cfg.vocab_size)
     with pytest.raises(ValueError, match="unpadded execution"):
         Encoder(cfg).init(jax.random.key(0), ids, mask)

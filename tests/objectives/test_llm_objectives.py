@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxbert.compress.soup import SoupError, greedy_soup, soup
-from jaxbert.models.llm import model as llm
+from jaxbert.models import registry
 from jaxbert.models.llm.model import LlmModel
 from jaxbert.models.llm.pooling import LLM_POOLINGS, canonical_pooling, instruction_embed_mask, llm_pool
 from jaxbert.objectives import grl, mntp
@@ -105,7 +105,7 @@ def test_mntp_mask_never_selects_pad_or_first_token(left):
 def test_mntp_loss_on_bidirectional_logits_trains():
     import optax
 
-    cfg = llm.preset("llama-tiny", num_hidden_layers=1)
+    cfg = registry.get("llama-tiny", num_hidden_layers=1)[0]
     model = LlmModel(cfg)
     params = nn.unbox(model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"])
     rng = np.random.default_rng(2)
@@ -228,7 +228,7 @@ def test_mean_target_log_prob_and_kl():
 
 def test_grl_kl_gradient_flag_controls_gradient_into_the_encoder():
     """The KL term's gradient reaches the encoder with kl_gradient=True and not with False."""
-    cfg = llm.preset("qwen2-tiny", num_hidden_layers=1)
+    cfg = registry.get("qwen2-tiny", num_hidden_layers=1)[0]
     model = LlmModel(cfg)
     params = nn.unbox(model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"])
     batch = _grl_batch(np.random.default_rng(5), lq=4, ld=4)

@@ -24,7 +24,7 @@ import optax  # noqa: E402
 import flax.linen as nn  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from jaxbert.models.llm import model as llm  # noqa: E402
+from jaxbert.models import registry  # noqa: E402
 from jaxbert.models.llm.model import LlmModel  # noqa: E402
 from jaxbert.train.mesh import DEFAULT_RULES  # noqa: E402
 from jaxbert.models.llm.pooling import llm_pool  # noqa: E402
@@ -53,7 +53,7 @@ def batches(steps, b=8, l=10, vocab=256):
 
 
 def run(mesh_spec, steps=3):
-    cfg = llm.preset("qwen2-tiny", attention_mode="bidirectional")
+    cfg = registry.get("qwen2-tiny", attention_mode="bidirectional")[0]
     model = LlmModel(cfg)
     n = int(np.prod([s for _, s in mesh_spec]))
     mesh = mesh_lib.make_mesh(mesh_spec, jax.devices()[:n])

@@ -148,11 +148,11 @@ def test_mlm_refuses_to_freeze_fresh_pretraining_heads(tmp_path, minilm_dir):
 
 def test_llm_refuses_methods_without_extension_sites():
     """LlmConfig has no extension sites (yet): module-inserting methods are refused, weight-only ones pass."""
-    from jaxbert.models.llm import model as llm
+    from jaxbert.models import registry
     from jaxbert.tasks.llm_embedding import LlmEmbeddingTask
 
     task = LlmEmbeddingTask.__new__(LlmEmbeddingTask)
-    task.model_config = llm.preset("llama-tiny", num_hidden_layers=1)
+    task.model_config = registry.get("llama-tiny", num_hidden_layers=1)[0]
     opts = {"prompt": {"init_from": "random"}}
     for name in ("houlsby", "pfeiffer", "prefix", "prompt"):
         method = peft.METHODS[name](task.model_config, **opts.get(name, {}))

@@ -47,9 +47,8 @@ query heads (few k/v heads rarely divide a tensor axis); ``jaxbert.train.mesh.DE
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -269,40 +268,6 @@ class LlmConfig:
                 raise ValueError("transformers' Qwen2 has q/k/v biases and no o_proj / MLP biases")
             out.update(use_sliding_window=False)
         return out
-
-
-# ----------------------------------------------------------------------------- presets
-
-
-def smollm2_135m_config(**kw: Any) -> LlmConfig:
-    """SmolLM2-135M(-Instruct): Llama, 30 layers, hidden 576, 9 heads / 3 k/v heads, tied embeddings."""
-    base = dict(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                num_key_value_heads=3, intermediate_size=1536, max_position_embeddings=8192, rms_norm_eps=1e-5,
-                rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
-                initializer_range=0.041666666666666664)
-    return LlmConfig(**{**base, **kw})
-
-
-PRESETS: dict[str, Callable[[], LlmConfig]] = {
-    "smollm2-135m": smollm2_135m_config,
-    "llama-tiny": lambda: LlmConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
-                                    rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=0),
-    "qwen2-tiny": lambda: LlmConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
-                                    rms_norm_eps=1e-6, rope_theta=1000000.0, attention_bias=True,
-                                    tie_word_embeddings=True, pad_token_id=0, model_type="qwen2"),
-}
-
-
-def preset(name: str, **overrides: Any) -> LlmConfig:
-    """The :class:`LlmConfig` of preset ``name`` with ``overrides`` applied."""
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3)
-        raise ValueError(f"unknown LLM preset {name!r}" + (f"; did you mean {close}?" if close else "")
-                         + f" Known: {sorted(PRESETS)}")
-    cfg = PRESETS[name]()
-    return cfg.replace(**overrides) if overrides else cfg
 
 
 # ----------------------------------------------------------------------------- RoPE

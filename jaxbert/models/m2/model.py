@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -256,36 +256,6 @@ class M2Config:
         kwargs.update(extra)
         cfg = cls(**kwargs)
         return cfg.replace(**overrides) if overrides else cfg
-
-
-def m2_config(**kw: Any) -> M2Config:
-    """M2-BERT-base 80M (``monarch-mixer-pretrain-786dim-80m-parameters.yaml``): d=768, 12 layers,
-    Monarch GLU with 4 blocks, bidirectional Hyena filters (order 128, emb_dim 5, w=10) with the
-    residual long convolution, learned positions for 128 tokens."""
-    return M2Config(**kw)
-
-
-PRESETS: dict[str, Callable[[], M2Config]] = {
-    "m2-bert-80m": lambda: m2_config(),
-    # ``monarch-mixer-pretrain-960dim-parameter-matched.yaml``: the "110M" model is matched to
-    # BERT-base in encoder-layer parameters (85.2M vs 85.1M); its total is larger (wider embeddings).
-    "m2-bert-110m": lambda: m2_config(hidden_size=960, intermediate_size=3840),
-    # LoCo long-context retrieval model shape (``m2-bert-80M-32k-retrieval.yaml``): same body, 32k positions.
-    "m2-bert-80m-32k": lambda: m2_config(max_position_embeddings=32768),
-    # Small shape for tests and CPU experiments.
-    "m2-bert-tiny": lambda: m2_config(hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-                                      hyena_filter_order=16, max_position_embeddings=512, long_conv_l_max=128),
-}
-
-
-def preset(name: str, **overrides: Any) -> M2Config:
-    """The :class:`M2Config` of preset ``name`` with ``overrides`` applied."""
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3)
-        raise ValueError(f"unknown M2 preset {name!r}" + (f"; did you mean {close}?" if close else "")
-                         + f" Known: {sorted(PRESETS)}")
-    cfg = PRESETS[name]()
-    return cfg.replace(**overrides) if overrides else cfg
 
 
 # ----------------------------------------------------------------------------- modules

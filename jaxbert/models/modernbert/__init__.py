@@ -1,2 +1,2 @@
-"""ModernBERT and MosaicBERT on the configurable block (:mod:`jaxbert.models.transformer`): presets and
-ModernBERT's Hugging Face key table."""
+"""ModernBERT and MosaicBERT on the configurable block (:mod:`jaxbert.models.transformer`): their config
+factories and presets, and ModernBERT's Hugging Face format (config mapping and key table)."""

@@ -8,7 +8,7 @@ from jaxbert.models.transformer.model import Encoder, EncoderConfig
 
 SPECS = [
     ArchitectureSpec(model_type="modernbert", kind="encoder", config_cls=EncoderConfig, backbone=Encoder,
-                     presets=MODERNBERT, from_hf_dict=EncoderConfig.from_hf_dict, to_hf_dict=EncoderConfig.to_hf_dict,
+                     presets=MODERNBERT, from_hf_dict=hf.config_from_hf, to_hf_dict=hf.config_to_hf,
                      keys=hf.KEYS, hf_architectures=hf.HF_ARCHITECTURES),
     ArchitectureSpec(model_type="jaxbert-encoder", kind="encoder", config_cls=EncoderConfig, backbone=Encoder,
                      presets=MOSAICBERT),

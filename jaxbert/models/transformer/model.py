@@ -31,6 +31,10 @@ Kept tokens: ``Encoder(...)(..., query_index=[b, k])`` runs the last block for t
 (their queries see every token's keys/values) and returns ``[b, k, embed]``, the full output
 gathered there; ``first_token_only`` is the ``k = 1``, index-0 case (see :class:`EncoderBlock`).
 
+This module is family-neutral: the named flavours (config factories, presets, Hugging Face config
+mappings) live in their family folders ``jaxbert/models/<family>/`` and are reached through
+:mod:`jaxbert.models.registry`.
+
 All masks (padding, segments, sliding windows) and the ALiBi bias are built once from position
 ids and composed in :func:`jaxbert.models.layers.attention.dot_product_attention`.
 
@@ -54,8 +58,7 @@ its checkpoints load unchanged)::
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +86,6 @@ MLP_TYPES = ("mlp", "glu")
 ATTENTION_PATTERNS = ("global", "sliding", "alternating")
 LAYER_TYPES = ("global", "sliding")
 QKV_LAYOUTS = ("separate", "fused")
-HF_LAYER_TYPES = {"full_attention": "global", "sliding_attention": "sliding"}
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
@@ -268,158 +270,6 @@ class EncoderConfig:
         total = self.num_hidden_layers * (attn + mlp) + norms * nb * e
         total += nb * e * (int(self.embedding_norm) + int(self.final_norm))
         return total
-
-    # ------------------------------------------------------------------ transformers' ModernBERT
-
-    @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], **overrides: Any) -> "EncoderConfig":
-        """Build from a transformers ``ModernBertConfig`` dict (``model_type="modernbert"``)."""
-        model_type = hf.get("model_type")
-        if model_type != "modernbert":
-            raise ValueError(f"config has model_type={model_type!r}; EncoderConfig reads 'modernbert' configs")
-        rope = hf.get("rope_parameters") or {}
-        for kind, params in rope.items():
-            if params and params.get("rope_type", "default") != "default":
-                raise ValueError(f"rope_parameters[{kind!r}] has rope_type={params['rope_type']!r}; "
-                                 "only 'default' RoPE is supported")
-        global_theta = (rope.get("full_attention") or {}).get("rope_theta", hf.get("global_rope_theta", 160000.0))
-        local_theta = (rope.get("sliding_attention") or {}).get("rope_theta", hf.get("local_rope_theta", 10000.0))
-        n_layers = hf.get("num_hidden_layers", 22)
-        every = hf.get("global_attn_every_n_layers", 3)
-        layer_types = hf.get("layer_types")
-        if layer_types is None:
-            layer_types = ["sliding_attention" if i % every else "full_attention" for i in range(n_layers)]
-        unknown = sorted(set(layer_types) - set(HF_LAYER_TYPES))
-        if unknown:
-            raise ValueError(f"layer_types has unknown entries {unknown}; known: {sorted(HF_LAYER_TYPES)}")
-        head_act = hf.get("classifier_activation", "gelu")
-        kwargs = dict(
-            vocab_size=hf.get("vocab_size", 50368), hidden_size=hf.get("hidden_size", 768),
-            num_hidden_layers=n_layers, num_attention_heads=hf.get("num_attention_heads", 12),
-            intermediate_size=hf.get("intermediate_size", 1152),
-            max_position_embeddings=hf.get("max_position_embeddings", 8192),
-            pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 50283,
-            initializer_range=hf.get("initializer_range", 0.02),
-            layer_norm_eps=hf.get("norm_eps", 1e-5), norm_bias=hf.get("norm_bias", False),
-            hidden_act=hf.get("hidden_activation", "gelu"),
-            attention_bias=hf.get("attention_bias", False),
-            mlp_in_bias=hf.get("mlp_bias", False), mlp_out_bias=hf.get("mlp_bias", False),
-            rope_theta=float(global_theta), local_rope_theta=float(local_theta),
-            local_attention=hf.get("local_attention", 128), global_attn_every_n_layers=every,
-            layer_types=tuple(HF_LAYER_TYPES[t] for t in layer_types),
-            attention_pattern="alternating",
-            hidden_dropout_prob=hf.get("mlp_dropout", 0.0),
-            attention_probs_dropout_prob=hf.get("attention_dropout", 0.0),
-            embedding_dropout_prob=hf.get("embedding_dropout", 0.0),
-            classifier_dropout=hf.get("classifier_dropout", 0.0),
-            head_act=None if head_act == hf.get("hidden_activation", "gelu") else head_act,
-            head_bias=hf.get("classifier_bias", False), head_norm_bias=hf.get("norm_bias", False),
-            decoder_bias=hf.get("decoder_bias", True),
-        )
-        if not hf.get("tie_word_embeddings", True):
-            raise ValueError("tie_word_embeddings=False is not supported (the MLM decoder is tied)")
-        base = modernbert_config(**kwargs)
-        return base.replace(**overrides) if overrides else base
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """A ``config.json`` dict that ``transformers.ModernBertConfig`` reads (ModernBERT-shaped configs only)."""
-        expect = dict(norm_position="pre", norm_type="layernorm", position_embedding_type="rope", mlp_type="glu",
-                      qkv_layout="fused", embedding_norm=True, final_norm=True, first_layer_attention_norm=False,
-                      type_vocab_size=0, add_pooling_layer=False)
-        wrong = {k: getattr(self, k) for k, v in expect.items() if getattr(self, k) != v}
-        if self.mlp_in_bias != self.mlp_out_bias:
-            wrong["mlp_in_bias/mlp_out_bias"] = (self.mlp_in_bias, self.mlp_out_bias)
-        if self.head_norm_bias != self.norm_bias:
-            wrong["head_norm_bias"] = self.head_norm_bias
-        if wrong:
-            raise ValueError(f"this config is not expressible as a transformers ModernBertConfig: {wrong} "
-                             f"(ModernBERT needs {expect})")
-        local = self.local_rope_theta if self.local_rope_theta is not None else self.rope_theta
-        return {
-            "model_type": "modernbert", "architectures": ["ModernBertModel"],
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_hidden_layers, "num_attention_heads": self.num_attention_heads,
-            "intermediate_size": self.intermediate_size, "max_position_embeddings": self.max_position_embeddings,
-            "pad_token_id": self.pad_token_id, "initializer_range": self.initializer_range,
-            "norm_eps": self.layer_norm_eps, "norm_bias": self.norm_bias, "hidden_activation": self.hidden_act,
-            "attention_bias": self.attention_bias, "mlp_bias": self.mlp_in_bias,
-            "layer_types": [{"global": "full_attention", "sliding": "sliding_attention"}[t]
-                            for t in self.attention_layer_types],
-            "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},
-                                "sliding_attention": {"rope_type": "default", "rope_theta": local}},
-            "local_attention": self.local_attention,
-            "global_attn_every_n_layers": self.global_attn_every_n_layers,
-            "mlp_dropout": self.hidden_dropout_prob, "attention_dropout": self.attention_probs_dropout_prob,
-            "embedding_dropout": self.embedding_dropout_prob if self.embedding_dropout_prob is not None
-            else self.hidden_dropout_prob,
-            "classifier_dropout": self.classifier_dropout or 0.0,
-            "classifier_activation": self.head_act or self.hidden_act, "classifier_bias": self.head_bias,
-            "decoder_bias": self.decoder_bias, "tie_word_embeddings": True,
-            # ModernBERT's special-token ids where the vocabulary has them (transformers warns otherwise).
-            **{k: (v if v < self.vocab_size else None) for k, v in (
-                ("bos_token_id", 50281), ("cls_token_id", 50281), ("eos_token_id", 50282),
-                ("sep_token_id", 50282))},
-        }
-
-
-# ----------------------------------------------------------------------------- presets
-
-
-def bert_config(**kw: Any) -> EncoderConfig:
-    """BERT on this block (:class:`jaxbert.models.bert.model.BertConfig`): post-norm LayerNorm with bias,
-    learned absolute positions, GELU MLP, pooler, [CLS]-only last block."""
-    from jaxbert.models.bert.model import BertConfig  # the BERT flavour (models/bert imports this module)
-    return BertConfig(**kw)
-
-
-def mosaicbert_config(**kw: Any) -> EncoderConfig:
-    """MosaicBERT (mosaicml/examples ``bert_layers.py``): post-norm, ALiBi, GeGLU (``wi`` without bias),
-    fused q/k/v, no attention-probability dropout, vocabulary padded to a multiple of 8 (30528)."""
-    base = dict(vocab_size=30528, position_embedding_type="alibi", mlp_type="glu", mlp_in_bias=False,
-                mlp_out_bias=True, qkv_layout="fused", attention_probs_dropout_prob=0.0)
-    return EncoderConfig(**{**base, **kw})
-
-
-def modernbert_config(**kw: Any) -> EncoderConfig:
-    """ModernBERT (Warner et al. 2024; transformers ``ModernBertModel``): pre-norm LayerNorm without bias,
-    RoPE (theta 160k global / 10k local), GeGLU, no biases, embedding + final norm, layer 0 without
-    attention norm, sliding window 128 with a global layer every 3rd, no dropout."""
-    base = dict(vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
-                intermediate_size=1152, max_position_embeddings=8192, type_vocab_size=0, pad_token_id=50283,
-                norm_position="pre", norm_bias=False, layer_norm_eps=1e-5, embedding_norm=True, final_norm=True,
-                first_layer_attention_norm=False, position_embedding_type="rope", rope_theta=160000.0,
-                local_rope_theta=10000.0, mlp_type="glu", attention_bias=False, mlp_in_bias=False,
-                mlp_out_bias=False, qkv_layout="fused", attention_pattern="alternating", local_attention=128,
-                global_attn_every_n_layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                embedding_dropout_prob=0.0, classifier_dropout=0.0, head_bias=False, head_norm_bias=False,
-                decoder_bias=True, model_type="modernbert")
-    return EncoderConfig(**{**base, **kw})
-
-
-PRESETS: dict[str, Callable[[], EncoderConfig]] = {
-    "bert-base": lambda: bert_config(),
-    "bert-tiny": lambda: bert_config(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=512),
-    "mosaicbert-base": lambda: mosaicbert_config(),
-    "mosaicbert-tiny": lambda: mosaicbert_config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                                 intermediate_size=128),
-    "modernbert-base": lambda: modernbert_config(),
-    "modernbert-large": lambda: modernbert_config(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
-                                                  intermediate_size=2624),
-    "modernbert-tiny": lambda: modernbert_config(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                                 intermediate_size=96, max_position_embeddings=512,
-                                                 local_attention=16),
-}
-
-
-def preset(name: str, **overrides: Any) -> EncoderConfig:
-    """The :class:`EncoderConfig` of preset ``name`` with ``overrides`` applied."""
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3)
-        raise ValueError(f"unknown encoder preset {name!r}" + (f"; did you mean {close}?" if close else "")
-                         + f" Known: {sorted(PRESETS)}")
-    cfg = PRESETS[name]()
-    return cfg.replace(**overrides) if overrides else cfg
 
 
 # ----------------------------------------------------------------------------- modules
