@@ -8,6 +8,8 @@ steps with the engine's optimizer and train step, wired as the Trainer wires the
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -105,8 +107,10 @@ def test_lora_trains_task_and_only_trainable_leaves_move(task_name, tmp_path, mi
         assert non_lora_changed == []
     else:  # the freshly initialised task head trains with LoRA (peft.head_regex)
         assert non_lora_changed and all(p.startswith(("classifier/", "qa_head/")) for p in non_lora_changed)
-    if mlm:  # near log(vocab) a frozen random head moves slowly: every step lowers the loss, 0.2+ nats in all
-        assert all(b < a for a, b in zip(losses, losses[1:])) and losses[0] - losses[-1] > 0.2, losses
+    if mlm:  # near log(vocab) a frozen random head moves slowly (and not every step): 0.2+ nats in all,
+        # the second half's mean below the first half's
+        half = len(losses) // 2
+        assert losses[0] - losses[-1] > 0.2 and np.mean(losses[half:]) < np.mean(losses[:half]) - 0.1, losses
     else:
         assert losses[-1] < 0.9 * losses[0], losses
     with capsys.disabled():
@@ -146,21 +150,17 @@ def test_mlm_refuses_to_freeze_fresh_pretraining_heads(tmp_path, minilm_dir):
     assert any(p.startswith("mlm_decoder/") and not np.array_equal(after[p], before[p]) for p in after)
 
 
-def test_llm_refuses_methods_without_extension_sites():
-    """LlmConfig has no extension sites (yet): module-inserting methods are refused, weight-only ones pass."""
+def test_llm_task_accepts_module_methods_through_the_decoder_sites():
+    """LlmConfig has extension sites (the LLM block calls them): adapters and prefixes pass the task's
+    check like the weight-only methods; a method the check refuses would raise PeftError here."""
     from jaxbert.models import registry
     from jaxbert.tasks.llm_embedding import LlmEmbeddingTask
 
     task = LlmEmbeddingTask.__new__(LlmEmbeddingTask)
     task.model_config = registry.get("llama-tiny", num_hidden_layers=1)[0]
-    opts = {"prompt": {"init_from": "random"}}
-    for name in ("houlsby", "pfeiffer", "prefix", "prompt"):
-        method = peft.METHODS[name](task.model_config, **opts.get(name, {}))
-        with pytest.raises(PeftError, match=rf"task 'llm_embedding': peft.method='{name}' inserts modules .* "
-                                            "LlmConfig has none"):
-            task.check_peft(method)
-    for name in ("lora", "bitfit", "dsee"):
-        task.check_peft(peft.METHODS[name](task.model_config))  # weight-only: no error
+    assert "extensions" in {f.name for f in dataclasses.fields(task.model_config)}
+    for name in ("houlsby", "pfeiffer", "prefix", "lora", "bitfit", "dsee"):
+        task.check_peft(peft.METHODS[name](task.model_config))
 
 
 def test_registry_lists_every_task_and_rejects_unknown():
@@ -255,7 +255,7 @@ def test_trainer_lora_qa_run_exports_merged_model(tmp_path, minilm_dir):
 def test_launcher_rejects_a_key_of_another_task():
     """A classification run has no ``qa.*`` / ``mlm.*`` / ``data.tokens_field`` keys: the launcher refuses them."""
     from experiments.configs.finetune_classification import get_config
-    from experiments.launch import check_overrides
+    from experiments.config_flag import check_overrides
     c = get_config("trec,runlocal,tiny")
     check_overrides(["--config.label_smoothing=0.1"], c)  # classification's own key: fine
     for key in ("qa.doc_stride=64", "mlm.rate=0.3", "data.tokens_field=words", "multilabel.default_threshold=0.3"):
