@@ -25,7 +25,7 @@ run: $(STAMP)
 	    --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rA tests
+	$(BIN)/python -m pytest -q -rA --durations=25 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
