@@ -77,6 +77,9 @@ def base_config(task: str = "classification") -> ml_collections.ConfigDict:
     c.tensorboard = True
     c.progress = True
     c.debug_sigterm_at_step = config_dict.placeholder(int)  # tests only: SIGTERM self at this step
+    # A resume whose config changes the optimisation trajectory (jaxbert.train.run_config) is refused
+    # unless this is True; the change is then recorded in metrics.jsonl.
+    c.allow_config_change = False
     add_task_section(c, task)
     return c
 

@@ -35,8 +35,10 @@ from jaxbert.train import mesh as mesh_lib
 from jaxbert.train import optim as optim_lib
 from jaxbert.train.checkpoint import Checkpointer, PreemptionGuard, any_process
 from jaxbert.train.metrics import MetricsWriter, Throughput
+from jaxbert.train.run_config import record_run_config
 from jaxbert.train.state import abstract_train_state, create_sharded_state, state_shardings
 from jaxbert.train.step import finite_or_raise, jit_train_step, make_train_step
+from jaxbert.train.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +152,13 @@ class Trainer:
         return self.task.eval_metrics(merged, {k: float(v) for k, v in sums.items()})
 
     def run(self) -> dict[str, Any]:
+        # One run per workdir (jaxbert.train.workdir_lock), taken before anything is written there.
+        with workdir_lock(self.workdir, say=_say):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
-        if jax.process_index() == 0:
-            _write_json_atomic(self.workdir / "config.json", _config_to_dict(cfg))
+        record_run_config(self.workdir, _config_to_dict(cfg), allow_change=bool(cfg.get("allow_config_change")))
         best_metric = cfg.checkpoint.best_metric or None
         data_iter = self.task.train_iterator(cfg.batch_size, cfg.seed)
         with Checkpointer(self.workdir, keep_last=cfg.checkpoint.keep_last,

@@ -30,6 +30,18 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def append_row(workdir: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append one event row (e.g. ``{"step": 40, "split": "config_change", ...}``) to ``metrics.jsonl``.
+
+    For events outside the training loop; process 0 only, like :class:`MetricsWriter`. Its
+    ``step`` decides whether a later resume keeps it (rows of steps after the restored one go).
+    """
+    if jax.process_index() != 0:
+        return
+    with open(Path(workdir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+
+
 class MetricsWriter:
     """Append-only metrics sink for one workdir."""
 

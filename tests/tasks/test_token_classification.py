@@ -224,5 +224,6 @@ def test_resume_with_another_label_set_is_refused(tmp_path, brown_small, minilm_
     train_and_evaluate(c, tmp_path / "run")  # saves at the end (step 2)
     c.num_train_steps = 4
     c.data.labels = tuple(reversed(c.data.labels))  # same shapes, other meaning of every class id
+    c.allow_config_change = True  # past the resume config check (run_config): the deeper checks are tested
     with pytest.raises(ValueError, match="labels: saved"):  # the data stream notices first
         train_and_evaluate(c, tmp_path / "run")

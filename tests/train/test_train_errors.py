@@ -170,7 +170,7 @@ def test_nan_loss_names_step_and_metric_and_keeps_the_last_checkpoint(good_run, 
     shutil.copytree(good, workdir)
     # Resume the finished 4-step run to 8 steps with an absurd learning rate: the step-5
     # update blows the params up, a later loss is NaN, before the next checkpoint (step 6).
-    cfg = _config(small_data, num_train_steps=8, **{"optim.learning_rate": 1e30})
+    cfg = _config(small_data, num_train_steps=8, allow_config_change=True, **{"optim.learning_rate": 1e30})
     with pytest.raises(FloatingPointError) as e:
         Trainer(cfg, workdir).run()
     msg = str(e.value)
