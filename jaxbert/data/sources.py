@@ -45,17 +45,35 @@ def check_file(path: Path, key: str | None = None, kind: str = "JSONL") -> None:
 def iter_text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(1-based line number, text)`` of every line of a UTF-8 file (``.gz``: gzip-compressed).
 
-    The file is read as bytes and each line decoded on its own, so a byte that is not UTF-8 is a
-    ``ValueError`` naming the file, the line and the byte's column (not a position in a read buffer).
+    A byte that is not UTF-8 is a ``ValueError`` naming the file, the line and the byte's column (the
+    decoder itself only knows a position inside its read buffer, so the file is then scanned again as
+    bytes to find the line; files that decode cleanly are read once, in text mode).
     """
     opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            yield from enumerate(f, 1)
+    except UnicodeDecodeError:
+        raise _bad_byte_error(path, opener) from None
+
+
+def _bad_byte_error(path: Path, opener: Any) -> ValueError:
+    """The first non-UTF-8 byte of ``path`` as a ``ValueError`` naming its line and column.
+
+    Lines are split like text mode's universal newlines (``\n``, ``\r\n``, ``\r``), so the line
+    numbers agree with :func:`iter_text_lines`'s.
+    """
+    lineno = 0
     with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path} line {lineno}: byte {raw[e.start:e.start + 1]!r} at column "
-                                 f"{e.start + 1} is not UTF-8 ({e.reason})") from None
+        for chunk in f:
+            for raw in chunk.splitlines():
+                lineno += 1
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return ValueError(f"{path} line {lineno}: byte {raw[e.start:e.start + 1]!r} at column "
+                                      f"{e.start + 1} is not UTF-8 ({e.reason})")
+    return ValueError(f"{path}: not UTF-8 text")
 
 
 def read_jsonl_lines(path: PathLike, key: str | None = None) -> list[tuple[int, dict[str, Any]]]:

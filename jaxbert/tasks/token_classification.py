@@ -144,7 +144,10 @@ class TokenClassificationTask(FeatureTask):
         return out
 
     def metric_names(self, split: str) -> frozenset[str]:
-        spans = {"precision", "recall", "f1"} if self.scheme != "none" else set()
+        spans = set()
+        if self.scheme != "none":  # per-type f1/TYPE of the types in the split: score its gold against itself
+            gold = [[self.label_map.decode(i) for i in s] for s in self.eval_gold[split]]
+            spans = set(seqeval.span_scores(gold, gold, strict=self.strict, scheme=self.scheme))
         return frozenset({"accuracy", "macro_f1", "num_words", "num_sentences", "loss"} | spans)
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
