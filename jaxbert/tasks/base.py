@@ -335,6 +335,13 @@ class Task:
         may name after ``<split>/``)."""
         raise NotImplementedError(f"task {self.name!r} declares no metric_names")
 
+    def known_splits(self) -> frozenset[str]:
+        """Every split name this task's config could evaluate: ``eval_splits`` and ``data.validation`` /
+        ``data.test`` (a ``best_metric`` naming one without data in this run is not a typo)."""
+        config = getattr(self, "config", None)
+        return frozenset(tuple((config.get("eval_splits") if config is not None else None) or ())
+                         + ("validation", "test"))
+
     def eval_metric_names(self) -> dict[str, frozenset[str]]:
         """``{split: metric names}`` of every split this run evaluates (``eval_sources``)."""
         return {split: frozenset(self.metric_names(split)) for split in dict(self.eval_sources)}

@@ -404,6 +404,11 @@ class ContrastiveTask(Task):
     def metric_names(self, split: str) -> frozenset[str]:
         return eval_set_metric_names(self.eval_sources[split])
 
+    def known_splits(self) -> frozenset[str]:
+        """The eval sets of ``evals`` (any of them may be left out of ``eval_splits``)."""
+        evals = self.config.get("evals") if hasattr(self.config, "get") else None
+        return frozenset(tuple(self.config.get("eval_splits") or ()) + tuple(evals.keys() if evals else ()))
+
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         return embedding_eval_metrics(outputs, self.eval_offsets, self.eval_sources)
 

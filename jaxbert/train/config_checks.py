@@ -171,15 +171,17 @@ def check_config(config: Any, rules: Iterable[Rule] | None = None) -> None:
             raise _fail(rule, value)
 
 
-def check_best_metric(config: Any, metric_names: Mapping[str, Iterable[str]], configured_splits: Iterable[str] = (),
+def check_best_metric(config: Any, metric_names: Mapping[str, Iterable[str]], known_splits: Iterable[str] = (),
                       say: Callable[[str], None] | None = None) -> None:
     """``checkpoint.best_metric`` names a metric the task reports: ``<split>/<metric>``.
 
     ``metric_names``: ``{split: metric names}`` of every split this run evaluates
-    (:meth:`jaxbert.tasks.base.Task.eval_metric_names`). ``configured_splits``: split names the
-    config allows (``eval_splits``) that may have no data in this run: naming one of those is not a
-    typo, so only ``say`` reports that nothing will be ranked best. Empty/None best_metric: no
-    ranking, nothing to check. Raises :class:`ConfigValueError` listing the valid names otherwise.
+    (:meth:`jaxbert.tasks.base.Task.eval_metric_names`). ``known_splits``: every split name the task
+    could evaluate (:meth:`jaxbert.tasks.base.Task.known_splits`, e.g. ``validation`` without a
+    ``data.validation`` file, or a section of ``evals`` left out of ``eval_splits``): naming one that
+    this run does not evaluate is not a typo, so only ``say`` reports that nothing will be ranked
+    best (its metrics are unknown without its data). Empty/None best_metric: no ranking, nothing to
+    check. Raises :class:`ConfigValueError` listing the valid names otherwise.
     """
     best = _lookup(config, "checkpoint.best_metric")
     if best is _MISSING or not best:
@@ -194,11 +196,7 @@ def check_best_metric(config: Any, metric_names: Mapping[str, Iterable[str]], co
             raise ConfigValueError(f"checkpoint.best_metric={best!r}: split {split!r} reports no metric "
                                    f"{metric!r}; valid: {valid}")
         return
-    if split in set(configured_splits):
-        union = set().union(*names.values()) if names else set()
-        if union and metric not in union:
-            raise ConfigValueError(f"checkpoint.best_metric={best!r}: the task reports no metric {metric!r}; "
-                                   f"valid: {valid}")
+    if split in set(known_splits):
         if say is not None:
             say(f"checkpoint.best_metric={best!r}: split {split!r} has no data in this run, so no checkpoint "
                 f"is ranked best (evaluated: {sorted(names) or 'none'})")

@@ -87,7 +87,7 @@ class Trainer:
 
         self.task: TaskProtocol = get_task(config.task)(config)
         self.task.check_records()  # every split's records, before step 1
-        check_best_metric(config, self.task.eval_metric_names(), config.get("eval_splits") or (), say=_say)
+        check_best_metric(config, self.task.eval_metric_names(), self.task.known_splits(), say=_say)
         self.total_steps = _total_steps(config, len(self.task.train_source))
         optim_cfg = optim_lib.resolve_optim_config(config.optim)
         optim_cfg.total_steps = self.total_steps
