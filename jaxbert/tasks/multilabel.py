@@ -126,7 +126,8 @@ class MultiLabelTask(FeatureTask):
     @classmethod
     def config_rules(cls) -> tuple:
         from jaxbert.train.config_checks import number_in  # pylint: disable=import-outside-toplevel
-        return (number_in("multilabel.default_threshold", 0, 1, "probability above which a label is on"),)
+        return super().config_rules() + (
+            number_in("multilabel.default_threshold", 0, 1, "probability above which a label is on"),)
 
     def metric_names(self, split: str) -> frozenset[str]:
         per_label = {f"f1/{lab}" for lab in self.label_map.labels}

@@ -186,9 +186,10 @@ class QuestionAnsweringTask(FeatureTask):
     @classmethod
     def config_rules(cls) -> tuple:
         from jaxbert.train.config_checks import int_at_least  # pylint: disable=import-outside-toplevel
-        return (int_at_least("qa.doc_stride", 0, "tokens of overlap between windows of a long context"),
-                int_at_least("qa.max_query_length", 1, "question tokens kept"),
-                int_at_least("qa.max_answer_length", 1, "longest answer span in tokens"))
+        return super().config_rules() + (
+            int_at_least("qa.doc_stride", 0, "tokens of overlap between windows of a long context"),
+            int_at_least("qa.max_query_length", 1, "question tokens kept"),
+            int_at_least("qa.max_answer_length", 1, "longest answer span in tokens"))
 
     def metric_names(self, split: str) -> frozenset[str]:
         # squad_scores' names depend on which kinds of question the split holds (HasAns_* / NoAns_*):

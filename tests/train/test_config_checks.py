@@ -65,6 +65,7 @@ INVALID = [
     ("question_answering", "qa.doc_stride", -1),
     ("question_answering", "qa.max_answer_length", 0),
     ("multilabel", "multilabel.default_threshold", 1.5),
+    ("regression", "data.train_subset", 0),
 ]
 
 
