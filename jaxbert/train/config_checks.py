@@ -7,7 +7,7 @@ evaluation) or be accepted with a silent meaning (``num_train_steps=0`` trained 
 declares for its own section (:meth:`jaxbert.tasks.base.Task.config_rules`), and raises
 :class:`ConfigValueError` naming the key, the value and the allowed range::
 
-    check_config(config)   # ConfigValueError: grad_accum_steps=0: must be an int >= 1 (micro-batches per step)
+    check_config(config)   # ConfigValueError: grad_accum_steps=0: must be an int >= 1; micro-batches per step
 
 :func:`check_best_metric` needs the built task: ``checkpoint.best_metric`` must be
 ``<split>/<metric>`` for a metric the task reports on a split it evaluates.
@@ -147,7 +147,7 @@ def _task_rules(config: Any) -> tuple[Rule, ...]:
 
 
 def _fail(rule: Rule, value: Any) -> ConfigValueError:
-    what = f" ({rule.meaning})" if rule.meaning else ""
+    what = f"; {rule.meaning}" if rule.meaning else ""
     none = " or None" if rule.none_ok else ""
     return ConfigValueError(f"{rule.key}={value!r}: must be {rule.allowed}{none}{what}")
 
