@@ -14,13 +14,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "ArrayRecordSource",
     "JsonlSource",
+    "check_file",
     "data_dir",
     "describe_record",
     "read_jsonl_lines",
@@ -31,23 +32,65 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-def read_jsonl_lines(path: PathLike) -> list[tuple[int, dict[str, Any]]]:
+def check_file(path: Path, key: str | None = None, kind: str = "JSONL") -> None:
+    """Raise if ``path`` is not a readable file: ``IsADirectoryError`` for a directory (its own message),
+    ``FileNotFoundError`` otherwise; ``key`` (e.g. ``"data.train"``) names the config key it came from."""
+    named = f"{key}={str(path)!r}" if key else str(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{named} is a directory; expected a {'.jsonl' if kind == 'JSONL' else kind} file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file not found: {named}")
+
+
+def iter_text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(1-based line number, text)`` of every line of a UTF-8 file (``.gz``: gzip-compressed).
+
+    A byte that is not UTF-8 is a ``ValueError`` naming the file, the line and the byte's column (the
+    decoder itself only knows a position inside its read buffer, so the file is then scanned again as
+    bytes to find the line; files that decode cleanly are read once, in text mode).
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            yield from enumerate(f, 1)
+    except UnicodeDecodeError:
+        raise _bad_byte_error(path, opener) from None
+
+
+def _bad_byte_error(path: Path, opener: Any) -> ValueError:
+    """The first non-UTF-8 byte of ``path`` as a ``ValueError`` naming its line and column.
+
+    Lines are split like text mode's universal newlines (``\n``, ``\r\n``, ``\r``), so the line
+    numbers agree with :func:`iter_text_lines`'s.
+    """
+    lineno = 0
+    with opener(path, "rb") as f:
+        for chunk in f:
+            for raw in chunk.splitlines():
+                lineno += 1
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return ValueError(f"{path} line {lineno}: byte {raw[e.start:e.start + 1]!r} at column "
+                                      f"{e.start + 1} is not UTF-8 ({e.reason})")
+    return ValueError(f"{path}: not UTF-8 text")
+
+
+def read_jsonl_lines(path: PathLike, key: str | None = None) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of every non-blank line of a ``.jsonl`` / ``.jsonl.gz`` file.
 
-    Errors name the file (and the line of malformed JSON).
+    Errors name the file (and the line of malformed JSON or of a non-UTF-8 byte); ``key`` names the
+    config key the path came from.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"JSONL file not found: {path}")
-    opener = gzip.open if path.name.endswith(".gz") else open
+    check_file(path, key)
     out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {lineno}: malformed JSON: {e.msg}") from None
+    for lineno, line in iter_text_lines(path):
+        if line.strip():
+            try:
+                out.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {lineno}: malformed JSON: {e.msg}") from None
     return out
 
 
@@ -97,33 +140,33 @@ class JsonlSource:
       path: the file. ``.gz`` files are read with gzip.
       fields: if given, keep only these keys of each record (each must be present in every
         record; a missing one is a ``ValueError`` naming the line).
+      key: the config key the path came from (``"data.train"``), named by the not-found errors.
 
     Raises:
       FileNotFoundError: the file does not exist (the message names the path).
-      ValueError: a line is not valid JSON or not a JSON object (names file and line number).
+      IsADirectoryError: the path is a directory.
+      ValueError: a line is not valid JSON, not a JSON object, or holds a byte that is not UTF-8
+        (names file and line number).
     """
 
-    def __init__(self, path: PathLike, *, fields: Sequence[str] | None = None):
+    def __init__(self, path: PathLike, *, fields: Sequence[str] | None = None, key: str | None = None):
         self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise FileNotFoundError(f"JSONL file not found: {self.path}")
+        check_file(self.path, key)
         if isinstance(fields, str):
             raise TypeError("fields must be a sequence of field names, not a single str")
         self.fields = tuple(fields) if fields is not None else None
         self._records: list[dict[str, Any]] = []
         self._lines: list[int] = []
-        opener = gzip.open if self.path.name.endswith(".gz") else open
         try:
-            with opener(self.path, "rt", encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    self._records.append(self._parse(line, lineno))
-                    self._lines.append(lineno)
-        except (UnicodeDecodeError, OSError, EOFError) as e:
+            for lineno, line in iter_text_lines(self.path):
+                if not line.strip():
+                    continue
+                self._records.append(self._parse(line, lineno))
+                self._lines.append(lineno)
+        except (OSError, EOFError) as e:
             if isinstance(e, FileNotFoundError):
                 raise
-            raise ValueError(f"{self.path}: cannot read as UTF-8 JSONL: {e}") from e
+            raise ValueError(f"{self.path}: cannot read as JSONL: {e}") from e
 
     def _parse(self, line: str, lineno: int) -> dict[str, Any]:
         try:
@@ -179,8 +222,7 @@ class ArrayRecordSource:
         if not self.paths:
             raise ValueError("ArrayRecordSource needs at least one path")
         for p in self.paths:
-            if not p.is_file():
-                raise FileNotFoundError(f"ArrayRecord file not found: {p}")
+            check_file(p, kind="ArrayRecord")
         self._source = grain.sources.ArrayRecordDataSource([str(p) for p in self.paths])
 
     def __len__(self) -> int:

@@ -105,11 +105,25 @@ class TaskProtocol(Protocol):
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]: ...
 
+    def check_records(self) -> None: ...
+
+    def eval_metric_names(self) -> dict[str, frozenset[str]]: ...
+
+    def known_splits(self) -> frozenset[str]: ...
+
     def extra_state(self) -> dict[str, Any]: ...
 
     def load_extra_state(self, extra: dict[str, Any]) -> None: ...
 
     def export(self, params: PyTree, path: str | os.PathLike) -> Path: ...
+
+
+def _describe_text(src: Any, i: int) -> str:
+    """``text i`` of an eval set, with its query / document id when the set has them."""
+    qids, dids = getattr(src, "query_ids", None), getattr(src, "doc_ids", None)
+    if qids is not None and dids is not None:
+        return f"query {qids[i]!r}" if i < len(qids) else f"document {dids[i - len(qids)]!r}"
+    return f"text {i}"
 
 
 def resolve_model_path(init_from: str) -> Path:
@@ -173,6 +187,12 @@ class Task:
         E.g. ``{"qa": {...}}`` or ``{"data": {"tokens_field": ...}}``; empty by default.
         """
         return ml_collections.ConfigDict()
+
+    @classmethod
+    def config_rules(cls) -> tuple:
+        """Allowed ranges of this task's numeric section keys
+        (:class:`jaxbert.train.config_checks.Rule`; checked with the engine's by ``check_config``)."""
+        return ()
 
     # ------------------------------------------------------------------ loading
     def load_model(self, config: Any, hf_task: str, num_labels: int | None = None, *,
@@ -298,6 +318,39 @@ class Task:
     def base_model(self) -> Any:
         """The task model without the PEFT method (``self.model`` when PEFT is off)."""
         return self.model if self.peft is None else self.peft.base_model
+
+    # ------------------------------------------------------------------ validation hooks
+    def check_records(self) -> None:
+        """Check every split's records before step 1 (the Trainer calls this right after building the task).
+
+        Raise ``ValueError``/``TypeError`` naming the record (file and line where known). Tasks that build
+        features in ``__init__`` have checked their records there; this default checks the eval sets
+        that hold raw texts (``texts``, e.g. retrieval / similarity sets): every text is a str.
+        """
+        for split, src in dict(getattr(self, "eval_sources", None) or {}).items():
+            texts = getattr(src, "texts", None)
+            if texts is None:
+                continue
+            for i, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise TypeError(f"eval set {split!r}: {_describe_text(src, i)} must be a str, "
+                                    f"got {type(text).__name__}: {text!r:.80}")
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        """Names of the metrics :meth:`eval_metrics` returns for ``split`` (what ``checkpoint.best_metric``
+        may name after ``<split>/``)."""
+        raise NotImplementedError(f"task {self.name!r} declares no metric_names")
+
+    def known_splits(self) -> frozenset[str]:
+        """Every split name this task's config could evaluate: ``eval_splits`` and ``data.validation`` /
+        ``data.test`` (a ``best_metric`` naming one without data in this run is not a typo)."""
+        config = getattr(self, "config", None)
+        return frozenset(tuple((config.get("eval_splits") if config is not None else None) or ())
+                         + ("validation", "test"))
+
+    def eval_metric_names(self) -> dict[str, frozenset[str]]:
+        """``{split: metric names}`` of every split this run evaluates (``eval_sources``)."""
+        return {split: frozenset(self.metric_names(split)) for split in dict(self.eval_sources)}
 
     # ------------------------------------------------------------------ eval hooks / state
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxbert.data.features.text import make_eval_batches, make_train_iterator
+from jaxbert.data.features.text import check_records, make_eval_batches, make_train_iterator
 from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import JsonlSource
 from jaxbert.eval.metrics import accuracy_and_f1
@@ -35,7 +35,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def _source(path: str | None, what: str) -> JsonlSource | None:
     if path is None:
         return None
-    return JsonlSource(os.path.expanduser(path))
+    return JsonlSource(os.path.expanduser(path), key=f"data.{what}")
 
 
 @register("classification")
@@ -50,6 +50,11 @@ class ClassificationTask(Task):
         c.label_smoothing = 0.0
         return c
 
+    @classmethod
+    def config_rules(cls) -> tuple:
+        from jaxbert.train.config_checks import number_in  # pylint: disable=import-outside-toplevel
+        return (number_in("label_smoothing", 0, 1, "mass spread over the other classes", high_open=True),)
+
     def __init__(self, config: Any):
         self.config = config
         data = config.data
@@ -61,13 +66,7 @@ class ClassificationTask(Task):
             self.label_map = LabelMap(data.label_field, list(data.labels))
         else:
             self.label_map = LabelMap.infer(self.train_source, data.label_field)
-        # Fail before training on any bad label, naming the file and line.
-        for src in [self.train_source, *self.eval_sources.values()]:
-            for i in range(len(src)):
-                record = src[i]
-                if data.label_field not in record:
-                    raise ValueError(f"{src.describe(i)}: no field {data.label_field!r} (has {sorted(record)})")
-                self.label_map.encode(record[data.label_field], where=src.describe(i))
+        self.check_records()  # fail before training on any bad record, naming the file and line
 
         self.load_model_and_tokenizer(config, self.hf_task, self.label_map.num_classes)
         self.max_length = int(data.max_length)
@@ -75,6 +74,15 @@ class ClassificationTask(Task):
         self.attach_peft(config)
 
     # -------------------------------------------------------------------- data
+    def check_records(self) -> None:
+        """Text, pair and label fields of every record of every split, in one pass (done once, in ``__init__``)."""
+        if getattr(self, "_records_checked", False):
+            return
+        d = self.config.data
+        for src in [self.train_source, *self.eval_sources.values()]:
+            check_records(src, text_field=d.text_field, pair_field=d.pair_field, label_map=self.label_map)
+        self._records_checked = True
+
     def train_iterator(self, batch_size: int, seed: int):
         d = self.config.data
         return make_train_iterator(self.train_source, self.tokenizer, batch_size=batch_size, seed=seed,
@@ -105,6 +113,10 @@ class ClassificationTask(Task):
         _, sums = softmax_cross_entropy(logits, batch["labels"], batch.get("weights"))
         return {"predictions": jnp.argmax(logits, -1).astype(jnp.int32), "labels": batch["labels"],
                 "weights": batch["weights"]}, sums
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        binary = {"f1"} if self.label_map.num_classes == 2 else set()
+        return frozenset({"accuracy", "macro_f1", "loss", "num_examples"} | binary)
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         keep = outputs["weights"] > 0

@@ -94,6 +94,9 @@ def load_eval_set(name: str, spec: Any):
         for f in (f1, f2, fs):
             if f not in r:
                 raise ValueError(f"{src.describe(i)}: no field {f!r} (record has {sorted(r)})")
+        for f in (f1, f2):
+            if not isinstance(r[f], str):
+                raise TypeError(f"{src.describe(i)}: field {f!r} must be a str, got {type(r[f]).__name__}")
         pairs.append((texts.setdefault(r[f1], len(texts)), texts.setdefault(r[f2], len(texts))))
         scores.append(float(r[fs]))
     return retrieval_eval.SimilaritySet(list(texts), np.asarray(pairs), np.asarray(scores), name=name)
@@ -122,6 +125,20 @@ def embedding_eval_metrics(outputs: dict[str, np.ndarray], offsets: dict[str, in
             metrics["num_texts"] = len(rows)
             return metrics
     raise ValueError(f"eval row index {first} belongs to no eval set")
+
+
+def eval_set_metric_names(s: Any) -> frozenset[str]:
+    """Names :func:`embedding_eval_metrics` reports for the eval set ``s`` (retrieval, similarity or probe)."""
+    if isinstance(s, retrieval_eval.RetrievalSet):
+        names = {f"ndcg@{k}" for k in s.ndcg_k} | {f"mrr@{k}" for k in s.mrr_k} | {f"recall@{k}" for k in s.recall_k}
+        names.add("num_queries")
+    elif isinstance(s, retrieval_eval.SimilaritySet):
+        names = {"spearman", "pearson", "num_pairs"}
+    elif isinstance(s, retrieval_eval.ProbeSet):
+        names = {"accuracy", "macro_f1"} | ({"f1"} if s.num_classes == 2 else set())
+    else:
+        raise NotImplementedError(f"no metric names known for eval set type {type(s).__name__}")
+    return frozenset(names | {"num_texts"})
 
 
 @register("contrastive")
@@ -383,6 +400,14 @@ class ContrastiveTask(Task):
             inputs["domains"] = batch["domains"]
         emb = self._embed(params, inputs, None, True)[:, 0]
         return {"embeddings": closs.l2_normalize(emb), "index": batch["index"]}, {"weight": jnp.sum(batch["weights"])}
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        return eval_set_metric_names(self.eval_sources[split])
+
+    def known_splits(self) -> frozenset[str]:
+        """The eval sets of ``evals`` (any of them may be left out of ``eval_splits``)."""
+        evals = self.config.get("evals") if hasattr(self.config, "get") else None
+        return frozenset(tuple(self.config.get("eval_splits") or ()) + tuple(evals.keys() if evals else ()))
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         return embedding_eval_metrics(outputs, self.eval_offsets, self.eval_sources)

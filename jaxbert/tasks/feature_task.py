@@ -73,6 +73,13 @@ class FeatureTask(Task):
         c.data.group_by_length = config_dict.placeholder(int)  # batches of similar length (G batches sorted together)
         return c
 
+    @classmethod
+    def config_rules(cls) -> tuple:
+        """Ranges of the keys above (subclasses add theirs to these)."""
+        from jaxbert.train.config_checks import int_at_least  # pylint: disable=import-outside-toplevel
+        return (int_at_least("data.train_subset", 1, "records trained on", none_ok=True),
+                int_at_least("data.group_by_length", 1, "batches sorted together by length", none_ok=True))
+
     def _finish_init(self, config: Any) -> None:
         """Call at the end of a subclass ``__init__``: offsets of eval splits, sample input, PEFT."""
         self.config = config

@@ -66,7 +66,7 @@ from jaxbert.objectives import grl as grl_lib
 from jaxbert.objectives import mntp as mntp_lib
 from jaxbert.objectives.llm_embedding import contrastive_loss, mix_hard_negatives, normalize
 from jaxbert.tasks.base import Task, register, resolve_model_path
-from jaxbert.tasks.contrastive import _get, embedding_eval_metrics
+from jaxbert.tasks.contrastive import _get, embedding_eval_metrics, eval_set_metric_names
 from jaxbert.tasks.contrastive import load_eval_set as contrastive_load_eval_set
 
 OBJECTIVES = ("mntp", "contrastive", "grl")
@@ -173,7 +173,7 @@ class LlmEmbeddingTask(Task):
         self.grad_accum = int(_get(config, "grad_accum_steps", 1))
 
         # ---------------------------------------------------------------- records
-        src = JsonlSource(os.path.expanduser(data.train))
+        src = JsonlSource(os.path.expanduser(data.train), key="data.train")
         limit = _get(lc, "max_train_records")
         if limit is not None:
             if int(limit) < 1:
@@ -467,6 +467,14 @@ class LlmEmbeddingTask(Task):
     def predict_fn(self, params, batch):
         emb = self._embed(params, batch["input_ids"], batch["attention_mask"], batch["embed_mask"], None, True)
         return {"embeddings": normalize(emb), "index": batch["index"]}, {"weight": jnp.sum(batch["weights"])}
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        return eval_set_metric_names(self.eval_sources[split])
+
+    def known_splits(self) -> frozenset[str]:
+        """The eval sets of ``evals`` (any of them may be left out of ``eval_splits``)."""
+        evals = self.config.get("evals") if hasattr(self.config, "get") else None
+        return frozenset(tuple(self.config.get("eval_splits") or ()) + tuple(evals.keys() if evals else ()))
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         return embedding_eval_metrics(outputs, self.eval_offsets, self.eval_sources)

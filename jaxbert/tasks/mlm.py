@@ -104,7 +104,11 @@ def load_documents(config: Any) -> dict[str, list[str]]:
             raise ValueError(f"mlm.{s}_ids lists {len(missing)} id(s) not found in data.train: {sorted(missing)[:10]}")
         for path in _paths(d.get(s)):
             src = JsonlSource(path)
-            out[s].extend(src[i][field] for i in range(len(src)))
+            for i in range(len(src)):
+                r = src[i]
+                if field not in r or not isinstance(r[field], str):
+                    raise ValueError(f"{src.describe(i)}: no str field {field!r} (record has {sorted(r)})")
+                out[s].append(r[field])
     out["train"] = [t for t in out["train"] if t.strip()]
     if m.get("max_documents"):
         out["train"] = out["train"][: int(m.max_documents)]
@@ -337,6 +341,23 @@ class MaskedLMTask(Task):
         sums.update(real_tokens=jnp.sum(real).astype(jnp.float32),
                     row_tokens=(used_rows * batch["input_ids"].shape[1]).astype(jnp.float32))
         return {"num_predictions": counts}, sums
+
+    @classmethod
+    def config_rules(cls) -> tuple:
+        from jaxbert.train.config_checks import int_at_least, number_in  # pylint: disable=import-outside-toplevel
+        return (number_in("mlm.rate", 0, 1, "fraction of maskable tokens predicted", low_open=True),
+                number_in("mlm.eval_rate", 0, 1, "held-out masking rate", low_open=True, none_ok=True),
+                number_in("mlm.mask_prob", 0, 1, "chosen units replaced by [MASK]"),
+                number_in("mlm.random_prob", 0, 1, "chosen units replaced by a random token"),
+                number_in("mlm.span_p", 0, 1, "geometric span-length parameter", low_open=True),
+                int_at_least("mlm.span_max", 1, "longest masked span in words"),
+                int_at_least("mlm.max_documents", 1, "cap on train documents", none_ok=True),
+                int_at_least("mlm.vocab_multiple", 1, "vocab size rounded up to this multiple"),
+                int_at_least("mlm.tokenizer.vocab_size", 1, "trained tokenizer's vocabulary"))
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        ngram = {"ngram_loss", "ngram_accuracy", "num_ngram_predictions"} if self.with_ngrams else set()
+        return frozenset({"loss", "accuracy", "perplexity", "num_predictions", "packing_efficiency"} | ngram)
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         w = max(sums["weight"], 1.0)

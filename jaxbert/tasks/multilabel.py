@@ -77,7 +77,7 @@ class MultiLabelTask(FeatureTask):
         d = config.data
         if not d.train:
             raise ValueError("data.train is required for multi-label classification")
-        train = JsonlSource(os.path.expanduser(d.train))
+        train = JsonlSource(os.path.expanduser(d.train), key="data.train")
         if d.get("labels"):
             labels = list(d.labels)
         else:
@@ -98,7 +98,7 @@ class MultiLabelTask(FeatureTask):
         self.train_features = self._with_targets(enc(train, idx), multi_hot(train, self.label_map, idx))
         self.eval_features = {}
         for split in splits_of(config):
-            src = JsonlSource(os.path.expanduser(d[split]))
+            src = JsonlSource(os.path.expanduser(d[split]), key=f"data.{split}")
             self.eval_features[split] = self._with_targets(enc(src), multi_hot(src, self.label_map))
         self.seq_pad = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
         self.pad_feature = {"input_ids": np.array([self.tokenizer.cls_token_id, self.tokenizer.sep_token_id], np.int32),
@@ -122,6 +122,17 @@ class MultiLabelTask(FeatureTask):
         _, sums = sigmoid_cross_entropy(logits, batch["targets"], batch["weights"])
         return {"probs": jax.nn.sigmoid(logits), "targets": batch["targets"],
                 "feature_index": batch["feature_index"], "weights": batch["weights"]}, sums
+
+    @classmethod
+    def config_rules(cls) -> tuple:
+        from jaxbert.train.config_checks import number_in  # pylint: disable=import-outside-toplevel
+        return super().config_rules() + (
+            number_in("multilabel.default_threshold", 0, 1, "probability above which a label is on"),)
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        per_label = {f"f1/{lab}" for lab in self.label_map.labels}
+        return frozenset({"micro_f1", "macro_f1", "precision", "recall", "subset_accuracy", "micro_f1@0.5",
+                          "macro_f1@0.5", "loss", "num_examples"} | per_label)
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         split, rows, _ = self.split_rows(outputs)

@@ -183,6 +183,21 @@ class QuestionAnsweringTask(FeatureTask):
                               max_answer_length=self.max_answer_length, version_2=self.version_2,
                               null_threshold=self.null_threshold, feature_index=local)
 
+    @classmethod
+    def config_rules(cls) -> tuple:
+        from jaxbert.train.config_checks import int_at_least  # pylint: disable=import-outside-toplevel
+        return super().config_rules() + (
+            int_at_least("qa.doc_stride", 0, "tokens of overlap between windows of a long context"),
+            int_at_least("qa.max_query_length", 1, "question tokens kept"),
+            int_at_least("qa.max_answer_length", 1, "longest answer span in tokens"))
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        # squad_scores' names depend on which kinds of question the split holds (HasAns_* / NoAns_*):
+        # scoring the gold answers against themselves gives exactly the names a real evaluation reports.
+        gold = self.eval_files[split].gold_answers()
+        perfect = {qid: (answers[0] if answers else "") for qid, answers in gold.items()}
+        return frozenset(squad_scores(gold, perfect)) | {"loss", "span_accuracy"}
+
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         split, rows, local = self.split_rows(outputs)
         answers = self._decode(self.eval_qa[split], outputs, rows, local)

@@ -56,7 +56,7 @@ class RegressionTask(FeatureTask):
         d = config.data
         if not d.train:
             raise ValueError("data.train is required for regression")
-        train = JsonlSource(os.path.expanduser(d.train))
+        train = JsonlSource(os.path.expanduser(d.train), key="data.train")
         self.load_model_and_tokenizer(config, self.hf_task, 1)
         self.max_length = int(d.max_length)
         enc = lambda src, idx=None: text_features(src, self.tokenizer, max_length=self.max_length,  # noqa: E731
@@ -67,7 +67,7 @@ class RegressionTask(FeatureTask):
         self.train_features = self._with_targets(enc(train, idx), y)
         self.eval_features = {}
         for split in splits_of(config):
-            src = JsonlSource(os.path.expanduser(d[split]))
+            src = JsonlSource(os.path.expanduser(d[split]), key=f"data.{split}")
             self.eval_features[split] = self._with_targets(enc(src), read_targets(src, d.label_field))
         self.seq_pad = {"input_ids": self.tokenizer.pad_token_id or 0, "token_type_ids": 0}
         self.pad_feature = {"input_ids": np.array([self.tokenizer.cls_token_id, self.tokenizer.sep_token_id], np.int32),
@@ -94,6 +94,9 @@ class RegressionTask(FeatureTask):
 
     def to_units(self, z: np.ndarray) -> np.ndarray:
         return np.asarray(z, np.float64) * self.std + self.mean
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        return frozenset({"mse", "rmse", "pearson", "spearman", "loss", "num_examples"})
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         _, rows, _ = self.split_rows(outputs)

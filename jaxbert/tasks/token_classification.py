@@ -80,7 +80,7 @@ class TokenClassificationTask(FeatureTask):
             raise ValueError("data.train is required for token classification")
         self.tokens_field, self.tags_field = d.get("tokens_field", "tokens"), d.get("tags_field", "tags")
         self.alignment = d.get("label_alignment", "first")
-        train = JsonlSource(os.path.expanduser(d.train))
+        train = JsonlSource(os.path.expanduser(d.train), key="data.train")
         labels = list(d.labels) if d.get("labels") else infer_tag_set(train, self.tokens_field, self.tags_field)
         self.label_map = LabelMap(self.tags_field, labels)
         scheme = d.get("tag_scheme", "auto") or "auto"
@@ -99,7 +99,7 @@ class TokenClassificationTask(FeatureTask):
         self.eval_tokens: dict[str, TokenFeatures] = {}
         self.eval_gold: dict[str, list[list[int]]] = {}
         for split in splits_of(config):
-            src = JsonlSource(os.path.expanduser(d[split]))
+            src = JsonlSource(os.path.expanduser(d[split]), key=f"data.{split}")
             self.eval_tokens[split] = build(src)
             self.eval_gold[split] = [[self.label_map.encode(t) for t in read_words(src, i, self.tokens_field,
                                                                                     self.tags_field)[1]]
@@ -142,6 +142,13 @@ class TokenClassificationTask(FeatureTask):
             spans = seqeval.span_scores(names(gold), names(pred), strict=self.strict, scheme=self.scheme)
             out.update({k: v for k, v in spans.items()})
         return out
+
+    def metric_names(self, split: str) -> frozenset[str]:
+        spans = set()
+        if self.scheme != "none":  # per-type f1/TYPE of the types in the split: score its gold against itself
+            gold = [[self.label_map.decode(i) for i in s] for s in self.eval_gold[split]]
+            spans = set(seqeval.span_scores(gold, gold, strict=self.strict, scheme=self.scheme))
+        return frozenset({"accuracy", "macro_f1", "num_words", "num_sentences", "loss"} | spans)
 
     def eval_metrics(self, outputs: dict[str, np.ndarray], sums: dict[str, float]) -> dict[str, float]:
         split, rows, local = self.split_rows(outputs)

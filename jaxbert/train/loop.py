@@ -34,6 +34,7 @@ from jaxbert.tasks import TaskProtocol, get_task
 from jaxbert.train import mesh as mesh_lib
 from jaxbert.train import optim as optim_lib
 from jaxbert.train.checkpoint import Checkpointer, PreemptionGuard, any_process
+from jaxbert.train.config_checks import check_best_metric, check_config
 from jaxbert.train.metrics import MetricsWriter, Throughput
 from jaxbert.train.run_config import record_run_config
 from jaxbert.train.state import abstract_train_state, create_sharded_state, state_shardings
@@ -72,6 +73,7 @@ class Trainer:
     """Holds everything a run needs; ``run()`` trains to ``total_steps`` or until preempted."""
 
     def __init__(self, config: Any, workdir: str | os.PathLike):
+        check_config(config)  # every numeric value in range, before anything is built or written
         self.config = config
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,8 @@ class Trainer:
         mesh_lib.check_batch_divisible(micro, self.mesh, self.rules, "batch_size // grad_accum_steps")
 
         self.task: TaskProtocol = get_task(config.task)(config)
+        self.task.check_records()  # every split's records, before step 1
+        check_best_metric(config, self.task.eval_metric_names(), self.task.known_splits(), say=_say)
         self.total_steps = _total_steps(config, len(self.task.train_source))
         optim_cfg = optim_lib.resolve_optim_config(config.optim)
         optim_cfg.total_steps = self.total_steps

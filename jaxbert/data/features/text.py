@@ -44,7 +44,7 @@ from jaxbert.data.labels import LabelMap
 from jaxbert.data.sources import describe_record
 from jaxbert.data.tokenization import MODEL_KEYS, encode_batch
 
-__all__ = ["Collate", "RecordFields", "Tokenize", "make_eval_batches", "make_train_iterator"]
+__all__ = ["Collate", "RecordFields", "Tokenize", "check_records", "make_eval_batches", "make_train_iterator"]
 
 
 class RecordFields:
@@ -102,6 +102,20 @@ class RecordFields:
                 label = self.label_map.encode(value, where=where())  # raises, naming the record
             out["label"] = np.int32(label)
         return out
+
+    def check_all(self) -> None:
+        """Check every record now (one pass): a dict, text (and pair) fields present and str, the label
+        in ``label_map``; the first bad record raises, naming its file and line. Run before training so a
+        bad record in an eval split fails at startup, not at the evaluation."""
+        for i in range(len(self.source)):
+            self[i]
+
+
+def check_records(
+    source: Any, *, text_field: str = "text", pair_field: str | None = None, label_map: LabelMap | None = None
+) -> None:
+    """Every record of ``source`` as the pipelines will read it (:meth:`RecordFields.check_all`)."""
+    RecordFields(source, text_field=text_field, pair_field=pair_field, label_map=label_map).check_all()
 
 
 class Tokenize(grain.transforms.Map):
