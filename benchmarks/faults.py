@@ -446,14 +446,15 @@ def kill_and_resume(h: Harness, name: str, sig: int, trigger: Callable[[Path], b
     done_first = first.status == "done"  # finished (its exit may still have been cut short by SIGKILL)
     resumes = [] if done_first else h.run_until_done(cmd, name)
     last = resumes[-1] if resumes else first
-    diffs = h.compare(wd) if last.rc == 0 else ["the last re-run failed"]
+    finished = last.status == "done" and (last.rc == 0 or last is first)  # first: SIGKILLed in its teardown
+    diffs = h.compare(wd) if finished else ["the last re-run failed"]
     problems = list(diffs)
     if needs_final_checkpoint and TOTAL not in after["finalized_steps"] and not done_first:
         problems.append(f"after the kill no checkpoint of step {TOTAL} (finalized: {after['finalized_steps']}): "
                         "all training lost")
     if sig == signal.SIGTERM and first.needed_sigkill and first.at_injection.get("term_to_summary_s") is None:
         problems.append(f"SIGTERM not honoured within {TERM_GRACE_S:.0f} s (no summary; SIGKILLed)")
-    if last.rc != 0 or last.status != "done":
+    if not finished:
         problems.append(f"not done after {len(resumes)} re-runs: rc {last.rc} {last.error_line}")
     where = (f"{first.injected} at train step {first.at_injection.get('last_train_step')}"
              f" ({first.injected_at_s:.1f} s; ckpt entries {first.at_injection.get('checkpoint_entries')})")
