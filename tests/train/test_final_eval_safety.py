@@ -3,7 +3,8 @@
 * The final state is checkpointed before the final evaluation and export: a SIGTERM between
   eval batches exits ``preempted`` at once with the checkpoint on disk, a failure in the
   evaluation leaves it and names ``--eval_only``; the rerun ends equal to an uninterrupted run
-  (metrics rows, ``eval_results.json``, export bytes).
+  (metrics rows, ``eval_results.json``, export bytes). A SIGTERM in a periodic evaluation is
+  redone once on resume.
 * ``launch --eval_only`` / ``--export_only`` redo one part from the workdir's saved config; a
   finished workdir run again is a no-op that says so (``metrics.jsonl`` unchanged).
 * "Last good checkpoint" means finite parameters: a learning rate that turns non-finite at
@@ -205,6 +206,43 @@ def test_rerun_after_sigterm_and_failure_equals_the_uninterrupted_run(interrupte
         assert ckpt.metrics(STEPS) == ref_ckpt.metrics(STEPS)
         assert ckpt.metrics(STEPS)["test/accuracy"] == rerun["eval"]["test"]["accuracy"]
         assert ckpt.best_step() == STEPS
+
+
+def test_sigterm_during_a_periodic_eval_redoes_it_on_resume(trainer, reference, tmp_path, monkeypatch):
+    """eval_every=2: SIGTERM in step 2's evaluation; the resume evaluates step 2 once, then trains on."""
+    from jaxbert.train.checkpoint import Checkpointer
+    ref, _ = reference
+    monkeypatch.setattr(trainer.config, "eval_every", 2)  # read by run(), not compiled in
+    trainer = _in(trainer, tmp_path / "run")
+    batches = trainer.task.eval_batches
+
+    def sigterm_during_eval(split, batch_size):
+        for i, batch in enumerate(batches(split, batch_size)):
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    monkeypatch.setattr(trainer.task, "eval_batches", sigterm_during_eval)
+    first = trainer.run()
+    assert first["status"] == "preempted" and first["step"] == 2, first
+    with Checkpointer(trainer.workdir) as ckpt:
+        assert ckpt.all_steps() == [2] and ckpt.metrics(2) is None  # saved before its evaluation
+    monkeypatch.delattr(trainer.task, "eval_batches")
+    second = trainer.run()
+    assert second["status"] == "done" and second["start_step"] == 2 and second["step"] == STEPS
+
+    rows = _rows(trainer.workdir)
+    assert [(r["step"], r["split"]) for r in rows] == [(1, "train"), (2, "train"), (2, "test"), (3, "train"),
+                                                       (4, "train"), (4, "test")]
+    assert [r for r in rows if r["step"] != 2 or r["split"] == "train"] == _rows(ref)  # training unchanged
+    with Checkpointer(trainer.workdir, keep_best=1, best_metric="test/accuracy") as ckpt:
+        state, _ = ckpt.restore(step=2)
+        recorded = ckpt.metrics(2)
+    import flax.linen as nn
+    with jax.set_mesh(trainer.mesh), nn.logical_axis_rules(trainer.rules):  # as in run()
+        want = trainer.evaluate(state["params"], "test")  # step 2's params evaluated again, outside the run
+    assert {k: v for k, v in rows[2].items() if k not in ("step", "split")} == want
+    assert recorded == {f"test/{k}": float(v) for k, v in want.items()}
 
 
 # ------------------------------------------------------------------------------------------
