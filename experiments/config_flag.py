@@ -1,5 +1,9 @@
 r"""The ``--config PATH[:ARG]`` flag of ``experiments.launch`` and ``experiments.eval_initial``.
 
+With ``launch --eval_only`` / ``--export_only`` the config is instead the one a run saved in
+``WORKDIR/config.json`` (:func:`define_saved_config_flag`); ``--config.key=value`` overrides
+apply to it the same way.
+
 The config file is executed once: :func:`define_config_flag` takes ``--config`` out of ``argv``,
 loads ``PATH`` and calls its ``get_config(ARG)`` (ml_collections' ``path:arg`` convention: ``ARG``
 is everything after the first colon), checks every ``--config.key=value`` override against the
@@ -12,9 +16,11 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import os
 from typing import Any, Sequence
 
+import ml_collections
 from ml_collections import config_flags
 
 
@@ -90,3 +96,72 @@ def define_config_flag(argv: Sequence[str]) -> list[str]:
     config_flags.DEFINE_config_dict("config", config, f"experiment config ({spec})", lock_config=True,
                                     sys_argv=rest)
     return rest
+
+
+def flag_value(argv: Sequence[str], name: str) -> str | None:
+    """The value of ``--name=V`` or ``--name V`` in ``argv`` (the last one wins), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            value = a.split("=", 1)[1]
+        elif a == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def bool_flag(argv: Sequence[str], name: str) -> bool:
+    """absl's spellings of a boolean flag: ``--name``, ``--name=true|false|1|0``, ``--noname``."""
+    on = False
+    for a in argv:
+        if a == f"--{name}":
+            on = True
+        elif a == f"--no{name}":
+            on = False
+        elif a.startswith(f"--{name}="):
+            on = a.split("=", 1)[1].lower() in ("true", "1", "t", "yes")
+    return on
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the configs use (mesh, eval_splits, labels, axis rules)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def load_saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a run saved in ``workdir/config.json``, as a ``ConfigDict``."""
+    path = os.path.join(os.fspath(workdir), "config.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path} does not exist: --eval_only / --export_only read the config a run "
+                         "saved in its --workdir (is this a run directory?)") from None
+    except ValueError as e:
+        raise SystemExit(f"error: {path} is not valid JSON ({e})") from None
+    if not isinstance(saved, dict):
+        raise SystemExit(f"error: {path} holds a {type(saved).__name__}, not a config object")
+    return ml_collections.ConfigDict(_tuples(saved))
+
+
+def define_saved_config_flag(argv: Sequence[str], mode_flag: str) -> list[str]:
+    """Define the ``config`` flag from ``--workdir``'s saved ``config.json`` (for ``mode_flag``).
+
+    ``--config PATH`` is refused (the run's own config is used); ``--config.key=value``
+    overrides are checked against the saved config and applied. Returns ``argv`` unchanged.
+    """
+    argv = list(argv)
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+        raise SystemExit(f"error: {mode_flag} uses the config saved in the workdir; drop --config "
+                         "(change keys with --config.KEY=VALUE)")
+    workdir = flag_value(argv, "workdir")
+    if not workdir:
+        raise SystemExit(f"error: {mode_flag} needs --workdir (a run directory)")
+    config = load_saved_config(workdir)
+    check_overrides(argv, config)
+    config_flags.DEFINE_config_dict("config", config, f"config saved in {workdir}/config.json",
+                                    lock_config=True, sys_argv=argv)
+    return argv

@@ -6,6 +6,16 @@ stops with an error that lists the nearest valid keys; the config file is execut
 resumes from its latest checkpoint. Multi-host: start one process per host with
 ``--coordinator HOST:PORT --num_processes N --process_id I`` (or let the platform's
 ``jax.distributed.initialize()`` auto-detection do it with ``--distributed``).
+
+A finished workdir run again does nothing (and says so). To redo one part of a run, e.g. after
+its final evaluation or export failed (the trained state is checkpointed before both)::
+
+    python -m experiments.launch --workdir DIR --eval_only    [--config.eval_batch_size=64]
+    python -m experiments.launch --workdir DIR --export_only
+
+These read the config saved in ``DIR/config.json`` (``--config.key=value`` overrides apply),
+restore the latest checkpoint and evaluate (rows in ``metrics.jsonl`` replaced, not repeated;
+``eval_results.json``) or export (``export/``, ``exported.json``).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.config_flag import define_config_flag
+from experiments.config_flag import bool_flag, define_config_flag, define_saved_config_flag
 
 FLAGS = flags.FLAGS
 # --config PATH[:ARG] is defined in run(), from the config file loaded there (once).
@@ -25,6 +35,8 @@ flags.DEFINE_integer("num_processes", None, "number of processes (multi-process 
 flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection")
 flags.DEFINE_bool("cpu_collectives", False, "use gloo CPU collectives (multi-process on CPU)")
+flags.DEFINE_bool("eval_only", False, "evaluate the latest checkpoint of --workdir with its saved config, then stop")
+flags.DEFINE_bool("export_only", False, "export the latest checkpoint of --workdir with its saved config, then stop")
 
 
 def main(argv):
@@ -42,7 +54,8 @@ def main(argv):
     if not FLAGS.workdir:
         raise SystemExit("error: --workdir is required")
     from jaxbert.train.loop import train_and_evaluate
-    result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    only = "eval" if FLAGS.eval_only else "export" if FLAGS.export_only else None
+    result = train_and_evaluate(FLAGS.config, FLAGS.workdir, only=only)
     if jax.process_index() == 0:
         print(json.dumps(result, indent=2, default=str))
     return 0 if result["status"] in ("done", "preempted") else 1
@@ -54,7 +67,12 @@ def run() -> None:
     keep_freed_host_memory()
     # The config file runs once, here: overrides are checked against it (nearest valid keys on a
     # typo) before absl parses them into FLAGS.config.
-    app.run(main, argv=define_config_flag(sys.argv))
+    # --eval_only / --export_only take the config the run saved in its workdir instead.
+    modes = [f"--{m}" for m in ("eval_only", "export_only") if bool_flag(sys.argv, m)]
+    if len(modes) > 1:
+        raise SystemExit("error: --eval_only and --export_only exclude each other (run one, then the other)")
+    argv = define_saved_config_flag(sys.argv, modes[0]) if modes else define_config_flag(sys.argv)
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,13 @@ def _key_data_target(path: str, x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sh)
 
 
+def _replace_text(path: epath.Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename (never half-written)."""
+    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _check_json(obj: Any, where: str) -> None:
     """Raises TypeError naming the first non-JSON value inside ``obj``."""
     if obj is None or isinstance(obj, (bool, int, str)):
@@ -498,6 +505,54 @@ class Checkpointer:
         if not saved:  # pragma: no cover - force=True always saves
             raise CheckpointError(f"orbax declined to save step {step} in {self.directory}")
         return True
+
+    def record_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Attach ``metrics`` to the finalized ``step`` and re-apply retention with them.
+
+        For a step saved before its evaluation (so that a failure or preemption during the
+        evaluation cannot lose the trained state): its metrics are written into the step's
+        ``meta`` (read by :meth:`metrics` / :meth:`best_step`) and, when ``best_metric`` is set,
+        orbax's ``metrics`` item (read by the retention policy); then the ``keep_last`` +
+        ``keep_best`` policy runs again, so a step that is no longer among the best is deleted
+        as if ``step`` had been saved with these metrics. Each file is replaced atomically; a
+        crash in between leaves the step restorable (its metrics may be missing, which a rerun
+        of the evaluation records again).
+        """
+        self._check_open()
+        self.wait()
+        step = int(step)
+        problem = self._finalization_problem(step)
+        if problem is not None:
+            raise CheckpointError(f"cannot record metrics for step {step}: {self.step_dir(step)} {problem}")
+        metrics = {str(k): _to_float(v) for k, v in metrics.items()}
+        _check_json(metrics, "metrics")
+        if jax.process_index() == 0:
+            meta = self._read_json(step, META)
+            meta["metrics"] = metrics
+            _replace_text(self.step_dir(step) / META / "metadata", json.dumps(meta))
+            if self.best_metric is not None:  # the file orbax reads back as CheckpointInfo.metrics
+                orbax_metrics = self.step_dir(step) / "metrics"
+                orbax_metrics.mkdir(exist_ok=True)
+                _replace_text(orbax_metrics / "metrics", json.dumps(metrics))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"jaxbert_ckpt_record_metrics_{step}")
+        self._mngr.reload()
+        self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        """Delete the finalized steps the retention policy no longer preserves."""
+        from orbax.checkpoint.checkpoint_manager import CheckpointInfo
+        import datetime
+        steps = self.all_steps()
+        infos = [CheckpointInfo(step=s, time=datetime.datetime.now(tz=datetime.timezone.utc),
+                                metrics=self._mngr.metrics(s)) for s in steps]
+        keep = self._policy.should_preserve(infos, context=None)
+        for info, preserve in zip(infos, keep):
+            if not preserve:
+                log.info("retention: deleting step %d from %s", info.step, self.directory)
+                self._mngr.delete(info.step)
+        self._mngr.reload()
 
     def _move_aside_unfinalized(self, step: int) -> None:
         """An unfinalized directory at ``step`` (interrupted save) is renamed, never deleted."""

@@ -5,7 +5,9 @@ Only process 0 writes. ``metrics.jsonl`` lines look like::
     {"step": 100, "split": "train", "loss": 0.41, "accuracy": 0.83, "learning_rate": 4.1e-05,
      "tokens_per_sec": 10512.3, "examples_per_sec": 181.2, "elapsed_s": 61.0}
 
-On resume the file is truncated to the restored step, so it never holds two histories.
+On resume the file is truncated to the restored step, so it never holds two histories; an
+evaluation that is redone (after a preemption or failure inside it, or by ``--eval_only``) first
+drops the rows of its step (:meth:`MetricsWriter.drop_rows`), so a step never has two sets.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import numpy as np
@@ -66,15 +68,34 @@ class MetricsWriter:
 
     def _truncate_after(self, step: int) -> None:
         """Drop lines of steps > ``step`` (left by a run that died after its last checkpoint)."""
+        self._rewrite(lambda row: row.get("step", 0) <= step)
+
+    def drop_rows(self, step: int, splits: Iterable[str]) -> None:
+        """Drop the rows of ``step`` whose split is in ``splits`` (process 0; a no-op elsewhere).
+
+        Called before an evaluation of ``step`` is (re)done, so that the partial rows of an
+        interrupted try, or the rows of an earlier evaluation redone with ``--eval_only``, are
+        replaced instead of repeated. Other steps' rows and this step's train row stay.
+        """
+        if not self.is_main:
+            return
+        splits = set(splits)
+        self._rewrite(lambda row: not (row.get("step") == step and row.get("split") in splits))
+
+    def _rewrite(self, keep_row) -> None:
+        """Keep the lines whose row passes ``keep_row`` (torn lines go); atomic, skipped when all pass."""
         if not self.path.exists():
             return
+        lines = self.path.read_text().splitlines()
         keep = []
-        for line in self.path.read_text().splitlines():
+        for line in lines:
             try:
-                if json.loads(line).get("step", 0) <= step:
+                if keep_row(json.loads(line)):
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a torn last line from a crash
+        if len(keep) == len(lines):
+            return
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(l + "\n" for l in keep))
         os.replace(tmp, self.path)

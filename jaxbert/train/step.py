@@ -6,6 +6,11 @@ where ``sums`` holds weighted metric numerators and ``"weight"`` (see
 per-example losses. Gradients are taken of ``sums["loss"]`` per micro-batch, accumulated with
 ``lax.scan`` and divided by the total weight once, so the update equals the full-batch
 weighted-mean gradient for any number of micro-batches.
+
+Every step also returns ``params_finite`` (1.0 when every floating leaf of the *updated*
+params is finite, else 0.0: one fused reduction over the new params inside the step) and,
+when a schedule is given, the ``learning_rate`` the step used. The loop fetches the metrics
+each step anyway, so checking them adds no device-to-host sync (:func:`finite_or_raise`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,21 @@ from jaxbert.train.state import TrainState
 
 LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict[str, jax.Array]]]
 
+#: Metric key of the all-finite flag of the updated params (1.0 / 0.0); not a logged metric.
+PARAMS_FINITE = "params_finite"
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """``bool[]``: every floating-point leaf of ``tree`` is free of NaN and Inf.
+
+    One ``isfinite``-and-reduce per leaf, combined into a scalar; inside a jitted step XLA fuses
+    each reduction with the computation that produced the leaf where it can. Integer leaves
+    (counts, ids) are finite by construction and skipped.
+    """
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
 
 def _split_micro(batch: dict, num_micro: int) -> dict:
     """``[B, ...] -> [A, B/A, ...]`` taking rows ``a, a+A, a+2A, ...`` for micro-batch ``a``.
@@ -37,12 +57,16 @@ def _split_micro(batch: dict, num_micro: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accum_steps: int = 1
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
+                    schedule: optax.Schedule | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Build ``step(state, batch) -> (state, metrics)`` (not yet jitted; see :func:`jit_train_step`).
 
-    ``metrics`` holds the summed ``sums`` over the global batch plus ``grad_norm``; the caller
-    divides by ``metrics["weight"]``. Masks that change during training (e.g. HFT's frozen half)
+    ``metrics`` holds the summed ``sums`` over the global batch plus ``grad_norm``, the
+    ``params_finite`` flag of the updated params (:data:`PARAMS_FINITE`) and, with
+    ``schedule``, ``learning_rate = schedule(state.step)`` (the value this step's update used,
+    so a NaN/Inf schedule value shows at the step it appears); the caller divides the sums by
+    ``metrics["weight"]``. Masks that change during training (e.g. HFT's frozen half)
     belong in the optimizer state, so changing them is data, not a recompile.
     """
     grad_fn = jax.grad(lambda p, b, r: (lambda l, s: (s["loss"], s))(*loss_fn(p, b, r, False)), has_aux=True)
@@ -74,6 +98,12 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
         params = optax.apply_updates(state.params, updates)
         metrics = dict(sums)
         metrics["grad_norm"] = optax.global_norm(grads)
+        # The checkpoint of this step will hold `params`: check them, not only the loss (which was
+        # computed from the params before the update). Adam's second moment overflows only where
+        # a squared gradient does, and then grad_norm is not finite either.
+        metrics[PARAMS_FINITE] = all_finite(params).astype(jnp.float32)
+        if schedule is not None:
+            metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
@@ -92,11 +122,18 @@ def jit_train_step(step: Callable, state_shardings: Any, batch_sharding: Any, me
                    compiler_options=compiler_options(mesh))
 
 
-def finite_or_raise(metrics: dict[str, Any], step: int, checkpoint_note: str = "") -> None:
-    """Stop the run on a NaN/Inf metric, naming the step and which metric went bad."""
+def finite_or_raise(metrics: dict[str, Any], step: int, checkpoint_note: str = "",
+                    params_finite: bool = True) -> None:
+    """Stop the run on a NaN/Inf metric or non-finite updated params, naming the step and what went bad.
+
+    ``params_finite`` is the step's :data:`PARAMS_FINITE` flag (the loop pops it from the
+    metrics); ``checkpoint_note`` is appended (e.g. which checkpoint is the last good one).
+    """
     import math
     bad = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isfinite(v))
-    if bad:
-        raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step} "
-                                 f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); training stopped"
+    if bad or not params_finite:
+        what = ", ".join(bad + ([] if params_finite else ["params"]))
+        values = [f"{k}={metrics[k]}" for k in bad] + ([] if params_finite else
+                                                       ["a leaf of the updated params is NaN/Inf"])
+        raise FloatingPointError(f"non-finite {what} at step {step} ({', '.join(values)}); training stopped"
                                  + (f"; {checkpoint_note}" if checkpoint_note else ""))

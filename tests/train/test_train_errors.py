@@ -147,6 +147,7 @@ def test_corrupt_checkpoint_is_named_and_the_previous_one_survives(good_run, sma
     assert data_files
     for p in data_files:  # bit rot in the array data of the latest step
         p.write_bytes(b"\x00garbage" * 8)
+    (workdir / "eval_results.json").unlink()  # unfinished: a finished workdir is a no-op, it restores nothing
 
     with pytest.raises(CheckpointError) as e:
         Trainer(_config(small_data), workdir).run()
