@@ -33,7 +33,8 @@ from jaxbert.compiler_options import compiler_options
 from jaxbert.tasks import TaskProtocol, get_task
 from jaxbert.train import mesh as mesh_lib
 from jaxbert.train import optim as optim_lib
-from jaxbert.train.checkpoint import Checkpointer, PreemptionGuard, any_process
+from jaxbert.train.checkpoint import Checkpointer
+from jaxbert.train.preemption import PreemptionGuard, any_process
 from jaxbert.train.metrics import MetricsWriter, Throughput
 from jaxbert.train.state import abstract_train_state, create_sharded_state, state_shardings
 from jaxbert.train.step import finite_or_raise, jit_train_step, make_train_step

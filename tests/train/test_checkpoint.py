@@ -21,13 +21,11 @@ from jaxbert.train.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     Checkpointer,
-    PreemptionGuard,
     abstract_like,
-    any_process,
-    install_sigterm_handler,
     pack_prng_keys,
     unpack_prng_keys,
 )
+from jaxbert.train.preemption import PreemptionGuard, any_process, install_sigterm_handler
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
