@@ -136,12 +136,32 @@ def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and the exceptions it was raised from (outermost first)."""
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _chain_text(e: BaseException) -> str:
+    return "\n".join(f"{type(x).__name__}: {x}" for x in _chain(e))
+
+
 def _brief(e: BaseException, limit: int = 300) -> str:
-    """One line of ``e``: the backend's spec and source locations cut, unless ``JAXBERT_DEBUG`` is set."""
-    full = f"{type(e).__name__}: {e}"
+    """One line for ``e``, unless ``JAXBERT_DEBUG`` is set (then the whole chain, spec included).
+
+    orbax wraps the backend's error in one that embeds the TensorStore spec (several KB): the line
+    is the innermost error of the chain with the spec and source locations cut.
+    """
+    full = _chain_text(e)
     if _debug():
         return full
-    text = " ".join(re.sub(r"\s*\[(tensorstore_spec|source locations)='.*?'\]", "", full, flags=re.S).split())
+    root = _chain(e)[-1]
+    text = f"{type(root).__name__}: {root}".split("See full TensorStore details")[0]
+    text = re.sub(r"\s*\[(tensorstore_spec|source locations)='.*?'\]", "", text, flags=re.S)
+    text = " ".join(text.split())
     if len(text) > limit:
         text = text[:limit] + "..."
     if text != " ".join(full.split()):
@@ -301,14 +321,17 @@ def _agree_on_problem(problem: integrity.IntegrityProblem | None, entries: Seque
         return problem
     from jax.experimental import multihost_utils
 
-    index = {rel: i for i, (rel, _, _) in enumerate(entries)}
-    mine = [index[problem.file], _PROBLEM_KINDS.index(problem.kind)] if problem is not None else [-1, -1]
+    def first_entry(file: str) -> int:  # a problem names a file, or a missing directory ("state/")
+        return next(i for i, (rel, _, _) in enumerate(entries) if rel == file or (
+            file.endswith("/") and rel.startswith(file)))
+
+    mine = [first_entry(problem.file), _PROBLEM_KINDS.index(problem.kind)] if problem is not None else [-1, -1]
     gathered = np.asarray(multihost_utils.process_allgather(np.asarray(mine, np.int32))).reshape(-1, 2)
     found = sorted((int(i), int(k), p) for p, (i, k) in enumerate(gathered) if i >= 0)
     if not found:
         return None
     i, k, p = found[0]
-    if problem is not None and index[problem.file] == i:
+    if problem is not None and mine[0] == i:
         return problem
     return integrity.IntegrityProblem(_PROBLEM_KINDS[k], entries[i][0], f"found by process {p}")
 
@@ -681,7 +704,7 @@ class Checkpointer:
 
     def _file_in(self, step: int, e: BaseException, default: epath.Path) -> str:
         """The first path inside the step directory that the backend's error names, else ``default``."""
-        m = re.search(re.escape(str(self.step_dir(step))) + r"/[^\s\"',\]]*", str(e))
+        m = re.search(re.escape(str(self.step_dir(step))) + r"/[^\s\"',\]]*", _chain_text(e))
         return m.group(0) if m else str(default)
 
     def verify(self, step: int) -> bool:

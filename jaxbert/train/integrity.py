@@ -135,6 +135,12 @@ def verify_entries(step_dir: epath.Path, entries: Sequence[tuple[str, int, str]]
     for rel, size, _ in entries:
         p = step_dir / rel
         if not p.exists():
+            # name the outermost missing directory (a whole ``state/`` gone is one problem, not many files)
+            parts = rel.split("/")
+            top = next(i for i in range(1, len(parts) + 1) if not (step_dir / "/".join(parts[:i])).exists())
+            if top < len(parts):
+                return IntegrityProblem("missing-file", "/".join(parts[:top]) + "/",
+                                        "directory listed in the manifest but missing")
             return IntegrityProblem("missing-file", rel, "listed in the manifest but missing")
         try:
             got = p.stat().length

@@ -158,7 +158,8 @@ class Trainer:
         data_iter = self.task.train_iterator(cfg.batch_size, cfg.seed)
         with Checkpointer(self.workdir, keep_last=cfg.checkpoint.keep_last,
                           keep_best=cfg.checkpoint.keep_best if best_metric else None,
-                          best_metric=best_metric, best_mode=cfg.checkpoint.best_mode) as ckpt, \
+                          best_metric=best_metric, best_mode=cfg.checkpoint.best_mode,
+                          fallback=cfg.checkpoint.fallback) as ckpt, \
                 PreemptionGuard() as guard, jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             restored = ckpt.restore(abstract_state=abstract_train_state(
                 self.task.model, self.tx, self.shardings, self.task.sample_input))
