@@ -13,7 +13,7 @@ The manifest is written atomically (temporary file, then rename) after orbax has
 so a step directory either has a complete manifest or none.
 
 sha256 rather than blake2b: with the SHA extensions of current x86/ARM CPUs it is the faster of the
-two (about 1.3 GB/s against 0.75 GB/s on the development host), and it is the usual choice.
+two (hashlib on the development host: 1.3 GB/s against 0.75 GB/s unloaded), and it is the usual choice.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ ALGORITHM = "sha256"
 MANIFEST_FORMAT = 1
 # orbax's step marker: written by orbax, possibly rewritten by it after the save (step metadata).
 _NOT_CHECKSUMMED = frozenset({MANIFEST_NAME, "_CHECKPOINT_METADATA"})
-_CHUNK = 8 << 20
+_CHUNK = 1 << 20  # 1 MiB: faster than larger reads (stays in cache)
 _MAX_THREADS = 8
 
 
@@ -79,12 +79,22 @@ def list_files(step_dir: epath.Path) -> list[str]:
 
 
 def file_digest(path: epath.Path) -> tuple[int, str]:
-    """``(size in bytes, hex sha256)`` of one file, read in 8 MiB chunks (hashlib releases the GIL)."""
+    """``(size in bytes, hex sha256)`` of one file, read into one reused 1 MiB buffer.
+
+    hashlib releases the GIL while hashing, so threads over several files run in parallel.
+    """
     h, size = hashlib.new(ALGORITHM), 0
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
+        if not hasattr(f, "readinto"):  # some remote-file objects only read()
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+            return size, h.hexdigest()
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
     return size, h.hexdigest()
 
 
@@ -107,7 +117,7 @@ def write_manifest(step_dir: epath.Path, step: int) -> dict:
                 "files": {rel: [size, digest] for rel, (size, digest) in zip(files, digests)}}
     tmp = step_dir / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    tmp.rename(step_dir / MANIFEST_NAME)
+    tmp.replace(step_dir / MANIFEST_NAME)
     return manifest
 
 
