@@ -311,31 +311,6 @@ def _all_processes_ok(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray(int(bool(ok)), np.int32))))
 
 
-_PROBLEM_KINDS = ("missing-file", "size", "checksum", "unreadable-file")
-
-
-def _agree_on_problem(problem: integrity.IntegrityProblem | None, entries: Sequence[tuple[str, int, str]]
-                      ) -> integrity.IntegrityProblem | None:
-    """Every process's verdict on its share of ``entries`` -> the same first problem on all processes."""
-    if jax.process_count() == 1:
-        return problem
-    from jax.experimental import multihost_utils
-
-    def first_entry(file: str) -> int:  # a problem names a file, or a missing directory ("state/")
-        return next(i for i, (rel, _, _) in enumerate(entries) if rel == file or (
-            file.endswith("/") and rel.startswith(file)))
-
-    mine = [first_entry(problem.file), _PROBLEM_KINDS.index(problem.kind)] if problem is not None else [-1, -1]
-    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(mine, np.int32))).reshape(-1, 2)
-    found = sorted((int(i), int(k), p) for p, (i, k) in enumerate(gathered) if i >= 0)
-    if not found:
-        return None
-    i, k, p = found[0]
-    if problem is not None and mine[0] == i:
-        return problem
-    return integrity.IntegrityProblem(_PROBLEM_KINDS[k], entries[i][0], f"found by process {p}")
-
-
 # --------------------------------------------------------------------------------------------
 # Retention policy
 # --------------------------------------------------------------------------------------------
@@ -647,10 +622,13 @@ class Checkpointer:
             n += 1
             aside = d.parent / f"{d.name}.{suffix}-{n}"
         self._mngr.wait_until_finished()
+        multi = jax.process_count() > 1
+        if multi:  # every process has chosen the same free name before process 0 renames
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"jaxbert_ckpt_move_aside_{step}_{suffix}_name")
         if jax.process_index() == 0:
             d.rename(aside)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+        if multi:
             multihost_utils.sync_global_devices(f"jaxbert_ckpt_move_aside_{step}_{suffix}")
         self._mngr.reload()  # drop the stale entry from orbax's step cache
         return aside
@@ -722,11 +700,7 @@ class Checkpointer:
                         "was cut after orbax finalized it): restoring it unverified", step, d,
                         integrity.MANIFEST_NAME)
             return False
-        problem = manifest if isinstance(manifest, integrity.IntegrityProblem) else None
-        if problem is None:
-            entries = sorted((rel, int(v[0]), str(v[1])) for rel, v in manifest["files"].items())
-            mine = entries[jax.process_index()::jax.process_count()]
-            problem = _agree_on_problem(integrity.verify_entries(d, mine), entries)
+        problem = manifest if isinstance(manifest, integrity.IntegrityProblem) else integrity.verify_step(d, manifest)
         if problem is not None:
             raise CheckpointCorruptError(
                 f"checkpoint step {step} is corrupt: {d / problem.file}: {problem.kind}: {problem.detail}",
@@ -785,8 +759,8 @@ class Checkpointer:
             return restored
         if tried:
             raise CheckpointError(f"no restorable checkpoint in {self.directory}: tried " + "; ".join(tried)
-                                  + ". Nothing was deleted; start a fresh run in another workdir or repair a "
-                                  "moved-aside step by hand")
+                                  + ". Nothing was deleted; a rerun in this workdir starts from scratch (or "
+                                  "repair a moved-aside step by hand)")
         return None
 
     def _restore_step(self, step: int, abstract_state: Any, partial: bool, allow_dtype_cast: bool

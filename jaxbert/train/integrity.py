@@ -10,7 +10,9 @@ wrong values without an error. This module keeps a manifest beside the data::
 It lists every file of the step directory except itself and orbax's ``_CHECKPOINT_METADATA``
 (orbax's own bookkeeping, which orbax may rewrite; its damage shows up as an orbax read error).
 The manifest is written atomically (temporary file, then rename) after orbax has finalized the step,
-so a step directory either has a complete manifest or none.
+so a step directory either has a complete manifest or none. Verification compares sizes first (a
+truncated or missing file costs no hashing), then digests; in multi-process runs the files are
+shared out among the processes (:func:`verify_step`).
 
 sha256 rather than blake2b: with the SHA extensions of current x86/ARM CPUs it is the faster of the
 two (hashlib on the development host: 1.3 GB/s against 0.75 GB/s unloaded), and it is the usual choice.
@@ -27,6 +29,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import jax
+import numpy as np
 from etils import epath
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "list_files",
     "read_manifest",
     "verify_entries",
+    "verify_step",
     "write_manifest",
 ]
 
@@ -171,3 +176,34 @@ def verify_entries(step_dir: epath.Path, entries: Sequence[tuple[str, int, str]]
         return None
 
     return next((p for p in _map(check, list(entries)) if p is not None), None)
+
+
+_PROBLEM_KINDS = ("missing-file", "size", "checksum", "unreadable-file")
+
+
+def verify_step(step_dir: epath.Path, manifest: dict) -> IntegrityProblem | None:
+    """Checks the files of ``step_dir`` against its manifest; the first problem or None.
+
+    A collective when ``jax.process_count() > 1``: process ``i`` checks every ``P``-th file from
+    the ``i``-th (each file is read once in all) and the processes agree on the first problem, so
+    every one of them takes the same decision.
+    """
+    entries = sorted((rel, int(v[0]), str(v[1])) for rel, v in manifest["files"].items())
+    mine = verify_entries(step_dir, entries[jax.process_index()::jax.process_count()])
+    if jax.process_count() == 1:
+        return mine
+    from jax.experimental import multihost_utils
+
+    def first_entry(file: str) -> int:  # a problem names a file, or a missing directory ("state/")
+        return next(i for i, (rel, _, _) in enumerate(entries) if rel == file or (
+            file.endswith("/") and rel.startswith(file)))
+
+    code = [first_entry(mine.file), _PROBLEM_KINDS.index(mine.kind)] if mine is not None else [-1, -1]
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(code, np.int32))).reshape(-1, 2)
+    found = sorted((int(i), int(k), p) for p, (i, k) in enumerate(gathered) if i >= 0)
+    if not found:
+        return None
+    i, k, p = found[0]
+    if mine is not None and code[0] == i:
+        return mine
+    return IntegrityProblem(_PROBLEM_KINDS[k], entries[i][0], f"found by process {p}")
