@@ -1,8 +1,9 @@
 """Checksums of a finalized checkpoint step directory: write once after the save, verify before a restore.
 
-orbax does not checksum array data: OCDBT checksums its manifest and B-tree nodes, zarr3 (off by
-default) only its shard index, so bytes flipped inside a data file under ``state/d/`` restore as
-wrong values without an error. This module keeps a manifest beside the data::
+orbax 0.12 has no option to checksum array data: its zarr2 default (zstd, no content checksum) has
+none, and its zarr3 layout puts ``crc32c`` on the shard index only (the codec list is built inside
+orbax, not configurable), so bytes flipped inside a data file under ``state/`` restore as wrong
+values without an error. This module keeps a manifest beside the data::
 
     checkpoints/1000/checksums.json   {"format": 1, "algorithm": "sha256", "step": 1000,
                                        "files": {"state/d/3b77...": [size, "hexdigest"], ...}}
