@@ -73,6 +73,9 @@ def base_config(task: str = "classification") -> ml_collections.ConfigDict:
     c.checkpoint.keep_best = 1
     c.checkpoint.best_metric = "validation/accuracy"
     c.checkpoint.best_mode = "max"
+    # A latest checkpoint whose files fail their checksums (or cannot be read) is moved aside to
+    # <step>.corrupt-<reason> and the previous one resumed; False: stop with an error naming the file.
+    c.checkpoint.fallback = True
     c.export_hf = True
     c.tensorboard = True
     c.progress = True

@@ -20,7 +20,9 @@ On-disk layout (``workdir/checkpoints/<step>/``, written by orbax)::
         extra/metadata            the caller's JSON dict (data-iterator state, config, labels, ...)
         meta/metadata             jaxbert's own JSON: format version, metrics, PRNG key impls
         metrics/metrics           the metrics orbax ranks by (only when ``best_metric`` is set)
+        checksums.json            size + sha256 of every file above (jaxbert.train.integrity)
       1000.orbax-checkpoint-tmp-<ts>/   an unfinished save: never listed, never restored
+      900.corrupt-checksum/     a step that failed to restore, moved aside (never deleted)
 
 Guarantees:
 
@@ -39,6 +41,20 @@ Guarantees:
   :class:`CheckpointMismatchError` listing missing/unexpected key paths and shape/dtype
   mismatches; unreadable or incomplete step directories raise :class:`CheckpointError`
   naming the directory, the step and the problem.
+* Integrity: once orbax has finalized a step (for async saves: in :meth:`Checkpointer.wait`),
+  process 0 writes ``checksums.json`` (:mod:`jaxbert.train.integrity`); a restore verifies every
+  file against it before any array is read (sizes first, then sha256), so flipped bytes, a
+  truncated or missing file and damaged JSON are caught instead of restoring wrong values.
+  Steps written before the manifest existed (or whose save was cut between orbax's finalize and
+  the manifest) are restored unverified, with a warning.
+* Fallback: when the *latest* step cannot be restored because its files are damaged,
+  :meth:`Checkpointer.restore` moves it aside to ``<step>.corrupt-<reason>`` (never deletes it),
+  logs one line naming the step, the file and the reason, and restores the previous finalized
+  step, and so on; with ``fallback=False`` it raises a one-line :class:`CheckpointCorruptError`
+  naming the step and the file instead. A step that passes its checksums but still fails in orbax
+  (out of memory, a backend bug) is not corrupt on disk: that error is raised, nothing is moved.
+  Error messages are one line; the backend's (TensorStore's) full error text, with its multi-KB
+  spec, is shown only with ``JAXBERT_DEBUG=1`` in the environment.
 
 Sharded state: pass ``abstract_state`` as a pytree of ``jax.ShapeDtypeStruct`` carrying
 ``.sharding`` (e.g. ``jax.eval_shape`` of the jitted init with ``out_shardings``, or
@@ -46,8 +62,7 @@ Sharded state: pass ``abstract_state`` as a pytree of ``jax.ShapeDtypeStruct`` c
 whatever mesh wrote the checkpoint. In multi-process runs every process must call
 :meth:`Checkpointer.save` and :meth:`Checkpointer.restore` (they are collective).
 
-Preemption: :class:`PreemptionGuard` (or :func:`install_sigterm_handler`) turns SIGTERM into a
-flag the loop polls at step boundaries; :func:`any_process` agrees on it across hosts.
+Preemption (the SIGTERM flag polled at step boundaries) lives in :mod:`jaxbert.train.preemption`.
 """
 
 from __future__ import annotations
@@ -57,8 +72,7 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -70,16 +84,15 @@ from etils import epath
 from orbax.checkpoint.checkpoint_managers import BestN, LatestN
 
 from jaxbert.models.params import path_str
+from jaxbert.train import integrity
 
 from jaxbert.convert.report import CheckpointMismatchError  # the one mismatch error type (also HF loads)
 
 __all__ = [
+    "CheckpointCorruptError",
     "CheckpointError",
     "CheckpointMismatchError",
     "Checkpointer",
-    "PreemptionGuard",
-    "install_sigterm_handler",
-    "any_process",
     "abstract_like",
     "pack_prng_keys",
     "unpack_prng_keys",
@@ -87,7 +100,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the step directory carries checksums.json (written after orbax finalizes the step).
+FORMAT_VERSION = 2
 CHECKPOINTS_SUBDIR = "checkpoints"
 # Written by orbax into every step directory as part of the save; a step directory without it
 # was not written (completely) by orbax.
@@ -100,6 +114,64 @@ _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete or unreadable."""
+
+
+class CheckpointCorruptError(CheckpointError):
+    """A finalized step whose files are damaged: ``step``, ``file`` (path) and ``reason`` (short kind).
+
+    ``reason`` is one of ``missing-file``, ``size``, ``checksum``, ``unreadable-file``,
+    ``bad-manifest`` (from the checksums), ``missing-state``, ``bad-metadata``, ``bad-array-metadata``,
+    ``bad-array-data`` (from reading a step that has no checksums).
+    """
+
+    def __init__(self, message: str, *, step: int, file: str, reason: str):
+        super().__init__(message)
+        self.step, self.file, self.reason = step, file, reason
+
+
+DEBUG_ENV = "JAXBERT_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and the exceptions it was raised from (outermost first)."""
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _chain_text(e: BaseException) -> str:
+    return "\n".join(f"{type(x).__name__}: {x}" for x in _chain(e))
+
+
+def _brief(e: BaseException, limit: int = 300) -> str:
+    """One line for ``e``, unless ``JAXBERT_DEBUG`` is set (then the whole chain, spec included).
+
+    orbax wraps the backend's error in one that embeds the TensorStore spec (several KB): the line
+    is the innermost error of the chain with the spec and source locations cut.
+    """
+    full = _chain_text(e)
+    if _debug():
+        return full
+    root = _chain(e)[-1]
+    text = f"{type(root).__name__}: {root}".split("See full TensorStore details")[0]
+    text = re.sub(r"\s*\[(tensorstore_spec|source locations)='.*?'\]", "", text, flags=re.S)
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text != " ".join(full.split()):
+        text += f" (the backend's full error: rerun with {DEBUG_ENV}=1)"
+    return text
+
+
+def _cause(e: BaseException) -> BaseException | None:
+    """The exception to chain from: the backend's under ``JAXBERT_DEBUG``, none otherwise (one line)."""
+    return e if _debug() else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,6 +309,15 @@ def _to_float(v: Any) -> Any:
         return v
 
 
+def _all_processes_ok(ok: bool) -> bool:
+    """True when ``ok`` holds on every process. A collective when ``process_count() > 1``."""
+    if jax.process_count() == 1:
+        return bool(ok)
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(int(bool(ok)), np.int32))))
+
+
 # --------------------------------------------------------------------------------------------
 # Retention policy
 # --------------------------------------------------------------------------------------------
@@ -308,6 +389,9 @@ class Checkpointer:
         :meth:`close` before exiting.
       save_interval_steps: when set, :meth:`save` skips steps that are not multiples of it
         unless ``force=True`` (for the final or preemption save).
+      fallback: when the latest step's files are damaged, :meth:`restore` moves it aside and
+        restores the previous finalized step (``True``), or raises :class:`CheckpointCorruptError`
+        (``False``; config key ``checkpoint.fallback``).
     """
 
     def __init__(
@@ -319,6 +403,7 @@ class Checkpointer:
         best_mode: str = "max",
         async_save: bool = False,
         save_interval_steps: int | None = None,
+        fallback: bool = True,
     ):
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 or None (keep all), got {keep_last}")
@@ -340,6 +425,8 @@ class Checkpointer:
         self.best_metric, self.best_mode = best_metric, best_mode
         self.async_save = async_save
         self.save_interval_steps = save_interval_steps
+        self.fallback = bool(fallback)
+        self._manifest_pending: list[int] = []  # async saves whose checksums wait for finalization
         self._is_gcs = str(self.directory).startswith("gs://")
 
         self._policy = _LastNPlusBestK(
@@ -504,6 +591,9 @@ class Checkpointer:
             ) from e
         if not saved:  # pragma: no cover - force=True always saves
             raise CheckpointError(f"orbax declined to save step {step} in {self.directory}")
+        self._manifest_pending.append(step)
+        if not self.async_save:  # orbax has finalized the step: checksum it now
+            self._write_pending_manifests()
         return True
 
     def record_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -534,6 +624,9 @@ class Checkpointer:
                 orbax_metrics = self.step_dir(step) / "metrics"
                 orbax_metrics.mkdir(exist_ok=True)
                 _replace_text(orbax_metrics / "metrics", json.dumps(metrics))
+            # the rewritten files get new checksums (the step's other entries stay as saved)
+            integrity.update_manifest(self.step_dir(step), [f"{META}/metadata"]
+                                      + (["metrics/metrics"] if self.best_metric is not None else []))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"jaxbert_ckpt_record_metrics_{step}")
@@ -553,6 +646,49 @@ class Checkpointer:
                 log.info("retention: deleting step %d from %s", info.step, self.directory)
                 self._mngr.delete(info.step)
         self._mngr.reload()
+    def _write_pending_manifests(self) -> None:
+        """Checksums the finalized steps saved since the last call (process 0 writes; all agree).
+
+        A collective in multi-process runs: every process learns whether process 0 succeeded.
+        """
+        pending, self._manifest_pending = self._manifest_pending, []
+        for step in pending:
+            d = self.step_dir(step)
+            error = None
+            if jax.process_index() == 0 and self._is_finalized(step):  # (retention may have removed it)
+                try:
+                    integrity.write_manifest(d, step)
+                except Exception as e:  # noqa: BLE001 - e.g. disk full: the step stays, unverified
+                    error = e
+            if not _all_processes_ok(error is None):
+                where = d / integrity.MANIFEST_NAME
+                raise CheckpointError(
+                    f"step {step} was saved but its checksums could not be written to {where}: "
+                    + (_brief(error) if error is not None else "failed on process 0")
+                ) from (_cause(error) if error is not None else None)
+
+    def _move_aside(self, step: int, suffix: str) -> epath.Path:
+        """Renames the directory of ``step`` to ``<step>.<suffix>`` (a free name); never deletes.
+
+        A collective in multi-process runs (process 0 renames, then every process reloads orbax's
+        step list, which no longer holds the step).
+        """
+        d = self.step_dir(step)
+        aside, n = d.parent / f"{d.name}.{suffix}", 1
+        while aside.exists():
+            n += 1
+            aside = d.parent / f"{d.name}.{suffix}-{n}"
+        self._mngr.wait_until_finished()
+        multi = jax.process_count() > 1
+        if multi:  # every process has chosen the same free name before process 0 renames
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"jaxbert_ckpt_move_aside_{step}_{suffix}_name")
+        if jax.process_index() == 0:
+            d.rename(aside)
+        if multi:
+            multihost_utils.sync_global_devices(f"jaxbert_ckpt_move_aside_{step}_{suffix}")
+        self._mngr.reload()  # drop the stale entry from orbax's step cache
+        return aside
 
     def _move_aside_unfinalized(self, step: int) -> None:
         """An unfinalized directory at ``step`` (interrupted save) is renamed, never deleted."""
@@ -560,48 +696,73 @@ class Checkpointer:
         if not d.exists():
             return
         problem = self._finalization_problem(step)
-        aside = d.parent / f"{d.name}.incomplete-{int(time.time())}"
-        log.warning("%s %s; moving it to %s before saving step %d", d, problem, aside, step)
-        self._mngr.wait_until_finished()
-        if jax.process_index() == 0:
-            d.rename(aside)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"jaxbert_ckpt_move_aside_{step}")
-        self._mngr.reload()  # drop the stale entry from orbax's step cache
+        aside = self._move_aside(step, f"incomplete-{int(time.time())}")
+        log.warning("%s %s; moved it to %s before saving step %d", d, problem, aside, step)
 
     # ---- restore ---------------------------------------------------------------------------
 
     def _read_json(self, step: int, item: str) -> dict:
         path = self.step_dir(step) / item / "metadata"
         try:
-            return json.loads(path.read_text())
+            obj = json.loads(path.read_text())
         except FileNotFoundError:
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.step_dir(step)} is incomplete: missing {path}"
-            ) from None
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} in {self.step_dir(step)} is incomplete: missing {path}",
+                step=step, file=str(path), reason="bad-metadata") from None
         except (OSError, ValueError) as e:
-            raise CheckpointError(
-                f"checkpoint step {step}: cannot read {path}: {type(e).__name__}: {e}"
-            ) from e
+            raise CheckpointCorruptError(
+                f"checkpoint step {step}: cannot read {path}: {_brief(e)}",
+                step=step, file=str(path), reason="bad-metadata") from _cause(e)
+        if not isinstance(obj, dict):
+            raise CheckpointCorruptError(
+                f"checkpoint step {step}: {path} holds a JSON {type(obj).__name__}, not the saved dict",
+                step=step, file=str(path), reason="bad-metadata")
+        return obj
 
     def _state_metadata(self, step: int) -> Any:
         d = self.step_dir(step) / STATE
         if not d.is_dir():
-            raise CheckpointError(
+            raise CheckpointCorruptError(
                 f"checkpoint step {step} in {self.step_dir(step)} is incomplete: missing the "
-                f"'{STATE}' directory {d}"
-            )
+                f"'{STATE}' directory {d}", step=step, file=str(d), reason="missing-state")
         try:
             md = self._mngr.metadata(step).item_metadata[STATE]
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(
-                f"checkpoint step {step}: cannot read the array metadata in {d}: "
-                f"{type(e).__name__}: {e}"
-            ) from e
+            raise CheckpointCorruptError(
+                f"checkpoint step {step}: cannot read the array metadata in {self._file_in(step, e, d)}: "
+                f"{_brief(e)}", step=step, file=self._file_in(step, e, d), reason="bad-array-metadata",
+            ) from _cause(e)
         if md is None:
-            raise CheckpointError(f"checkpoint step {step}: no readable array metadata in {d}")
+            raise CheckpointCorruptError(f"checkpoint step {step}: no readable array metadata in {d}",
+                                         step=step, file=str(d), reason="bad-array-metadata")
         return getattr(md, "tree", md)
+
+    def _file_in(self, step: int, e: BaseException, default: epath.Path) -> str:
+        """The first path inside the step directory that the backend's error names, else ``default``."""
+        m = re.search(re.escape(str(self.step_dir(step))) + r"/[^\s\"',\]]*", _chain_text(e))
+        return m.group(0) if m else str(default)
+
+    def verify(self, step: int) -> bool:
+        """Checks every file of ``step`` against its ``checksums.json``.
+
+        Returns True when verified, False when the step has no manifest (saved before checksums
+        existed, or cut between orbax's finalize and the manifest: restorable, but unverified).
+        Raises :class:`CheckpointCorruptError` naming the first damaged file. A collective in
+        multi-process runs: each process checks its share of the files and all agree on the result.
+        """
+        d = self.step_dir(step)
+        manifest = integrity.read_manifest(d)
+        if manifest is None:
+            log.warning("checkpoint step %d in %s has no %s (saved before checksums existed, or the save "
+                        "was cut after orbax finalized it): restoring it unverified", step, d,
+                        integrity.MANIFEST_NAME)
+            return False
+        problem = manifest if isinstance(manifest, integrity.IntegrityProblem) else integrity.verify_step(d, manifest)
+        if problem is not None:
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} is corrupt: {d / problem.file}: {problem.kind}: {problem.detail}",
+                step=step, file=str(d / problem.file), reason=problem.kind)
+        return True
 
     def restore(
         self,
@@ -625,13 +786,43 @@ class Checkpointer:
             ``params`` from a full training checkpoint).
           allow_dtype_cast: restore into a target dtype different from the saved one instead
             of raising.
+
+        Every file is checked against the step's checksums first. With ``step=None`` a latest step
+        whose files are damaged is moved aside and the previous finalized step restored (one
+        warning line each; see the module docstring), unless ``fallback=False``: then, as for an
+        explicit ``step``, :class:`CheckpointCorruptError` names the step and the file.
         """
         self._check_open()
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                return None
-        step = int(step)
+        options = dict(abstract_state=abstract_state, partial=partial, allow_dtype_cast=allow_dtype_cast)
+        if step is not None:
+            return self._restore_step(int(step), **options)
+        tried: list[str] = []
+        while (latest := self.latest_step()) is not None:
+            try:
+                restored = self._restore_step(latest, **options)
+            except CheckpointCorruptError as e:
+                older = [s for s in self.all_steps() if s < latest]
+                if not self.fallback:
+                    hint = (f"move {self.step_dir(latest)} aside to resume from step {older[-1]}" if older
+                            else "there is no older finalized step")
+                    raise CheckpointCorruptError(
+                        f"{e}; fallback is off (checkpoint.fallback=False): {hint}",
+                        step=e.step, file=e.file, reason=e.reason) from e.__cause__
+                aside = self._move_aside(latest, f"corrupt-{e.reason}")
+                tried.append(f"step {latest} ({e.file}: {e.reason}; moved to {aside.name})")
+                log.warning("%s; moved it to %s; %s", e, aside,
+                            f"falling back to step {older[-1]}" if older else "no older finalized step")
+                continue
+            return restored
+        if tried:
+            raise CheckpointError(f"no restorable checkpoint in {self.directory}: tried " + "; ".join(tried)
+                                  + ". Nothing was deleted; a rerun in this workdir starts from scratch (or "
+                                  "repair a moved-aside step by hand)")
+        return None
+
+    def _restore_step(self, step: int, abstract_state: Any, partial: bool, allow_dtype_cast: bool
+                      ) -> tuple[Any, dict]:
+        """:meth:`restore` of one step, no fallback: raises :class:`CheckpointCorruptError` for damage."""
         problem = self._finalization_problem(step)
         if problem is not None:
             available = self.all_steps()
@@ -640,6 +831,7 @@ class Checkpointer:
                 f"Finalized steps in {self.directory}: {available or 'none'}"
             )
 
+        verified = self.verify(step)
         meta = self._read_json(step, META)
         extra = self._read_json(step, EXTRA)
         saved_impls = dict(meta.get("prng_keys") or {})
@@ -682,10 +874,15 @@ class Checkpointer:
         try:
             restored = self._mngr.restore(step, args=args)[STATE]
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.step_dir(step)} could not be read "
-                f"(corrupt or incomplete array data?): {type(e).__name__}: {e}"
-            ) from e
+            file = self._file_in(step, e, self.step_dir(step) / STATE)
+            if verified:  # the bytes are the saved ones: not damage on disk, nothing to fall back from
+                raise CheckpointError(
+                    f"checkpoint step {step}: reading the arrays from {file} failed although every file "
+                    f"matches its checksum: {_brief(e)}") from _cause(e)
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} in {self.step_dir(step)} could not be read (corrupt or incomplete "
+                f"array data in {file}): {_brief(e)}", step=step, file=file, reason="bad-array-data",
+            ) from _cause(e)
         return unpack_prng_keys(restored, key_impls), extra
 
     def _target_from_metadata(self, tree: Any, impls: Mapping[str, str]) -> Any:
@@ -740,14 +937,19 @@ class Checkpointer:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Blocks until an in-flight async save is finalized; re-raises its error."""
+        """Blocks until an in-flight async save is finalized, then checksums it; re-raises its error.
+
+        A collective in multi-process runs when an async save is pending (call it on every process).
+        """
         try:
             self._mngr.wait_until_finished()
             self._mngr.check_for_errors()
         except Exception as e:  # noqa: BLE001
+            self._manifest_pending.clear()
             raise CheckpointError(
-                f"async checkpoint save in {self.directory} failed: {type(e).__name__}: {e}"
-            ) from e
+                f"async checkpoint save in {self.directory} failed: {_brief(e)}"
+            ) from _cause(e)
+        self._write_pending_manifests()
 
     def close(self) -> None:
         if self._closed:
@@ -767,89 +969,3 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Preemption
-# --------------------------------------------------------------------------------------------
-
-class PreemptionGuard:
-    """Turns SIGTERM (by default) into a flag the training loop polls.
-
-    The handler only records the signal; it never raises or exits, so the loop can finish the
-    current step, save, and return::
-
-        with PreemptionGuard() as guard:
-            for step in ...:
-                state = train_step(state, batch)
-                if any_process(guard.preempted):      # collective in multi-process runs
-                    ckpt.save(step, state, extra, force=True)
-                    ckpt.wait()
-                    break
-
-    In multi-process runs each host receives its own signal (possibly at different steps), so
-    the flag must be agreed on with :func:`any_process` at the same step on every host (it is
-    a collective: call it on every process, e.g. every step or every N steps). On Cloud TPU
-    with the JAX distributed preemption service, ``multihost_utils.reached_preemption_sync_point``
-    is an alternative.
-
-    The previous handler is put back by :meth:`close` (or leaving the ``with`` block). Signal
-    handlers can only be installed from the main thread.
-    """
-
-    def __init__(self, signals: Sequence[int] = (signal.SIGTERM,), install: bool = True):
-        self.signals = tuple(signals)
-        self._event = threading.Event()
-        self.received: list[int] = []
-        self._previous: dict[int, Any] = {}
-        if install:
-            self.install()
-
-    def _handler(self, signum, frame) -> None:  # noqa: ARG002
-        self.received.append(signum)
-        self._event.set()
-
-    def install(self) -> PreemptionGuard:
-        if self._previous:
-            return self
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("PreemptionGuard must be installed from the main thread")
-        for s in self.signals:
-            self._previous[s] = signal.signal(s, self._handler)
-        return self
-
-    @property
-    def preempted(self) -> bool:
-        return self._event.is_set()
-
-    def __call__(self) -> bool:
-        return self.preempted
-
-    def close(self) -> None:
-        for s, prev in self._previous.items():
-            signal.signal(s, prev if prev is not None else signal.SIG_DFL)
-        self._previous.clear()
-
-    def __enter__(self) -> PreemptionGuard:
-        return self.install()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def install_sigterm_handler() -> PreemptionGuard:
-    """Installs a SIGTERM flag handler; the returned guard is callable: ``is_preempted()``.
-
-    Call ``.close()`` on it to restore the previous handler.
-    """
-    return PreemptionGuard()
-
-
-def any_process(flag: bool) -> bool:
-    """True when ``flag`` is true on any process. A collective when ``process_count() > 1``."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
-
-    flags = multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))
-    return bool(np.any(flags))

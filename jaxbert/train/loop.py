@@ -38,8 +38,9 @@ from jaxbert.compiler_options import compiler_options
 from jaxbert.tasks import TaskProtocol, get_task
 from jaxbert.train import mesh as mesh_lib
 from jaxbert.train import optim as optim_lib
-from jaxbert.train.checkpoint import Checkpointer, PreemptionGuard, any_process
+from jaxbert.train.checkpoint import Checkpointer
 from jaxbert.train.config_checks import check_best_metric, check_config
+from jaxbert.train.preemption import PreemptionGuard, any_process
 from jaxbert.train.metrics import MetricsWriter, Throughput
 from jaxbert.train.run_config import record_run_config
 from jaxbert.train.state import abstract_train_state, create_sharded_state, state_shardings
@@ -192,7 +193,8 @@ class Trainer:
         data_iter = self.task.train_iterator(cfg.batch_size, cfg.seed)
         with Checkpointer(self.workdir, keep_last=cfg.checkpoint.keep_last,
                           keep_best=cfg.checkpoint.keep_best if best_metric else None,
-                          best_metric=best_metric, best_mode=cfg.checkpoint.best_mode) as ckpt, \
+                          best_metric=best_metric, best_mode=cfg.checkpoint.best_mode,
+                          fallback=cfg.checkpoint.fallback) as ckpt, \
                 PreemptionGuard() as guard, jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             if only is None:
                 finished = self._already_finished(ckpt)

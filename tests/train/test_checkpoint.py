@@ -21,13 +21,11 @@ from jaxbert.train.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     Checkpointer,
-    PreemptionGuard,
     abstract_like,
-    any_process,
-    install_sigterm_handler,
     pack_prng_keys,
     unpack_prng_keys,
 )
+from jaxbert.train.preemption import PreemptionGuard, any_process, install_sigterm_handler
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -204,7 +202,7 @@ def test_corrupt_checkpoint_raises_with_path(tmp_path):
     for p in (ckdir / "2" / "state").rglob("*"):
         if p.is_file() and p.name != "_METADATA":
             p.write_bytes(b"garbage")
-    with Checkpointer(tmp_path) as ckpt:
+    with Checkpointer(tmp_path, fallback=False) as ckpt:  # fallback: tests/train/test_checkpoint_integrity.py
         with pytest.raises(CheckpointError) as ei:
             ckpt.restore(abstract_state=abstract_like(state))
         msg = str(ei.value)
@@ -216,7 +214,7 @@ def test_corrupt_checkpoint_raises_with_path(tmp_path):
     # Step 3: has the marker but nothing else.
     (ckdir / "3").mkdir()
     (ckdir / "3" / STEP_MARKER).write_text("{not json")
-    with Checkpointer(tmp_path) as ckpt:
+    with Checkpointer(tmp_path, fallback=False) as ckpt:
         with pytest.raises(CheckpointError) as ei:
             ckpt.restore(abstract_state=abstract_like(state))
         msg = str(ei.value)

@@ -149,8 +149,8 @@ def test_corrupt_checkpoint_is_named_and_the_previous_one_survives(good_run, sma
         p.write_bytes(b"\x00garbage" * 8)
     (workdir / "eval_results.json").unlink()  # unfinished: a finished workdir is a no-op, it restores nothing
 
-    with pytest.raises(CheckpointError) as e:
-        Trainer(_config(small_data), workdir).run()
+    with pytest.raises(CheckpointError) as e:  # (the default, fallback=True, resumes from step 2)
+        Trainer(_config(small_data, **{"checkpoint.fallback": False}), workdir).run()
     msg = str(e.value)
     assert "step 4" in msg and str(workdir / "checkpoints" / "4") in msg, msg
 
