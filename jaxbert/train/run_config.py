@@ -252,7 +252,7 @@ def record_run_config(workdir: str | os.PathLike, config: Mapping[str, Any], all
     """
     import jax
 
-    from jaxbert.train.checkpoint import any_process
+    from jaxbert.train.preemption import any_process
 
     error = None
     if jax.process_index() == 0:

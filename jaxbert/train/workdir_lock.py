@@ -32,7 +32,7 @@ When an existing lock is stale (taken over, with a one-line note on stderr)
 Multi-process runs (``jax.process_count() > 1``)
   The processes of one run share the workdir, so only process 0 takes the lock; the others do
   not touch it. Whether process 0 got it is shared with every process (one all-gather, see
-  :func:`jaxbert.train.checkpoint.any_process`), so a refused run stops on all processes at once
+  :func:`jaxbert.train.preemption.any_process`), so a refused run stops on all processes at once
   instead of leaving them waiting in a collective. A second multi-process run on the same
   workdir is refused through its own process 0.
 """
@@ -352,7 +352,7 @@ def workdir_lock(workdir: str | os.PathLike, say: Callable[[str], None] | None =
     """
     import jax
 
-    from jaxbert.train.checkpoint import any_process
+    from jaxbert.train.preemption import any_process
 
     lock, error = None, None
     if jax.process_index() == 0:
