@@ -14,11 +14,13 @@ complete old directory or the complete new one. Where the exchange is not availa
 a filesystem without it) the old directory is renamed to ``.<name>.old`` and the new one renamed
 into place: a crash between those two renames leaves no ``path`` but a complete ``.<name>.old``,
 which :func:`recover` puts back. The next swap into the same path and the loaders
-(:func:`jaxbert.convert.hf.read_hf_config`) call it first.
+(:func:`jaxbert.convert.hf.read_hf_config`) call it first; the next write also removes the
+temporary directories of writers of this host that died mid-export.
 
-Permissions are those ``transformers``' ``save_pretrained`` gives (``os.makedirs`` / ``open``):
-directories ``0o777`` and files ``0o666`` minus the process umask (0755 / 0644 under the usual
-022), never the ``0700`` of :func:`tempfile.mkdtemp`. Files are flushed to disk (``fsync``)
+Permissions are those ``transformers``' ``save_pretrained`` gives its directories and JSON files
+(``os.makedirs`` / ``open``): directories ``0o777`` and files ``0o666`` minus the process umask
+(0755 / 0644 under the usual 022), never the ``0700`` of :func:`tempfile.mkdtemp`; weight files
+too (safetensors writes them ``0o600``, in transformers' exports as well). Files are flushed to disk (``fsync``)
 before the swap, and the parent directory after it.
 """
 
@@ -31,6 +33,8 @@ import json
 import os
 import secrets
 import shutil
+import socket
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -61,12 +65,47 @@ def recover(path: str | os.PathLike) -> bool:
     return True
 
 
+def _owner_tag() -> str:
+    """``<host>-<pid>`` of this process, part of every temporary name (to find a dead writer's leftovers)."""
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def remove_stale_temp_dirs(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary siblings of ``path`` left by writers of this host that are no longer running
+    (killed mid-export: each holds a whole model). Writers on other hosts are never touched."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp-{_owner_tag().rsplit('-', 1)[0]}-"
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 def make_temp_dir(path: str | os.PathLike, tag: str = "tmp") -> Path:
-    """A new empty sibling of ``path`` (``.<name>.<tag>-<random>``), created ``0o777`` minus the umask."""
+    """A new empty sibling of ``path`` (``.<name>.<tag>-<host>-<pid>-<random>``), created ``0o777``
+    minus the umask (as ``os.makedirs`` does; :func:`tempfile.mkdtemp` would make it ``0o700``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
+        tmp = path.with_name(f".{path.name}.{tag}-{_owner_tag()}-{secrets.token_hex(4)}")
         try:
             os.mkdir(tmp, 0o777)  # the mode is masked by the umask, as os.makedirs is
         except FileExistsError:
@@ -84,14 +123,28 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     recover(path)
+    remove_stale_temp_dirs(path)
     tmp = make_temp_dir(path)
     try:
         yield tmp
+        _normalise_modes(tmp)
         _fsync_tree(tmp)
         swap_into_place(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(e):
+            state = "is unchanged" if os.path.lexists(path) else "did not exist and was not created"
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path}: {path} {state}, the "
+                                        f"partial copy was removed ({type(e).__name__}: {e})") from e
         raise
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC, also as wrapped by libraries that do not raise OSError (safetensors: ``StorageFull``)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "StorageFull" in text
 
 
 def write_weights_dir(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], config: Mapping[str, Any],
@@ -172,6 +225,19 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):  # kernel or filesystem lacks it
         return False
     raise OSError(err, f"exchanging {a} with {b}: {os.strerror(err)}")
+
+
+def _normalise_modes(root: Path) -> None:
+    """Directories ``0o777`` and files ``0o666`` minus the umask, read off ``root`` (created with mode
+    ``0o777``, so the umask already applied): safetensors writes its file ``0o600`` (so do
+    transformers' own weight files), and a shared model should be as readable as its config."""
+    dir_mode = stat.S_IMODE(root.stat().st_mode)
+    file_mode = dir_mode & 0o666
+    for dirpath, dirs, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), file_mode)
+        for name in dirs:
+            os.chmod(os.path.join(dirpath, name), dir_mode)
 
 
 def _fsync_dir(path: Path) -> None:
