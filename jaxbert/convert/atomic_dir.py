@@ -20,8 +20,8 @@ temporary directories of writers of this host that died mid-export.
 Permissions are those ``transformers``' ``save_pretrained`` gives its directories and JSON files
 (``os.makedirs`` / ``open``): directories ``0o777`` and files ``0o666`` minus the process umask
 (0755 / 0644 under the usual 022), never the ``0700`` of :func:`tempfile.mkdtemp`; weight files
-too (safetensors writes them ``0o600``, in transformers' exports as well). Files are flushed to disk (``fsync``)
-before the swap, and the parent directory after it.
+too (safetensors writes them ``0o600``, in transformers' exports as well). Files are flushed to
+disk (``fsync``) before the swap, and the parent directory after it.
 """
 
 from __future__ import annotations
@@ -73,12 +73,16 @@ def _owner_tag() -> str:
 
 def remove_stale_temp_dirs(path: str | os.PathLike) -> list[Path]:
     """Delete temporary siblings of ``path`` left by writers of this host that are no longer running
-    (killed mid-export: each holds a whole model). Writers on other hosts are never touched."""
+    (killed mid-export: each holds a whole model; writers on other hosts are never touched), and a
+    ``.<name>.old`` next to a present ``path`` (a finished swap killed before it deleted the old copy)."""
     path = Path(path)
     prefix = f".{path.name}.tmp-{_owner_tag().rsplit('-', 1)[0]}-"
     removed = []
     if not path.parent.is_dir():
         return removed
+    if os.path.lexists(path) and old_path(path).is_dir():
+        shutil.rmtree(old_path(path), ignore_errors=True)
+        removed.append(old_path(path))
     for p in path.parent.iterdir():
         if not p.name.startswith(prefix):
             continue
