@@ -113,7 +113,7 @@ def check_texts(texts: Any, name: str = "texts", *, single_ok: bool = False) -> 
     else:
         single, items = False, list(texts)
     if not items:
-        raise ValueError(f"{name} is empty: {expected[len(name) + 1:]} with at least one text")
+        raise ValueError(f"{name} is empty: expected a non-empty {'str or ' if single_ok else ''}list of str")
     for i, t in enumerate(items):
         where = name if single else f"{name}[{i}]"
         if not isinstance(t, str):
