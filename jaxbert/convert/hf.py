@@ -16,8 +16,9 @@ Writing::
     transformers.BertForSequenceClassification.from_pretrained("/out/dir")  # same outputs
 
 Loading is strict by default: backbone weights missing from the checkpoint, checkpoint keys
-that no rule knows, and shape mismatches raise :class:`CheckpointMismatchError` listing all of
-them. Head weights absent from the checkpoint (a fresh classifier on a pretrained encoder) are
+that no rule knows, keys a rule maps to a parameter the configured model does not have (a
+``config.json`` saying 4 layers over 6-layer weights, a bias the config turns off) and shape
+mismatches raise :class:`CheckpointMismatchError` listing all of them, with the likely cause. Head weights absent from the checkpoint (a fresh classifier on a pretrained encoder) are
 initialised and reported, as transformers does. ``strict=False`` loads whatever matches and
 returns the lists in :class:`LoadReport`.
 """
@@ -31,13 +32,14 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import flax.linen as nn
 from flax import traverse_util
 
+from jaxbert.convert import atomic_dir
 from jaxbert.convert.atomic_dir import write_weights_dir
 from jaxbert.convert.report import CheckpointMismatchError, LoadReport, preview
 from jaxbert.convert.rules import KeyTable
@@ -65,7 +67,7 @@ class Pretrained:
 def read_hf_config(path: str | os.PathLike) -> dict:
     """Read ``config.json`` from an HF model directory, with errors that name the path."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not atomic_dir.recover(path):  # an export interrupted mid-swap is put back
         raise FileNotFoundError(f"model directory {path} does not exist")
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is not a directory (expected an HF model directory)")
@@ -138,7 +140,8 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
     report = LoadReport()
     prefix = _backbone_prefix(list(hf_state), arch)
     jax_root = "" if task == "base" else "encoder/"
-    converted: dict[str, np.ndarray] = {}
+    converted: dict[str, tuple] = {}  # jaxbert path -> (HF key, array, HF shape, optional module)
+    layers_seen: set[int] = set()
     for key, value in hf_state.items():
         target = None
         if prefix and key.startswith(prefix):
@@ -149,8 +152,11 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
         else:
             sub, rules, root = key, arch.rules_for(task), ""
         for rule in rules:
-            if (path := rule.match_hf(sub)) is not None:
-                target = (root + path, rule)
+            if (hit := rule.parse_hf(sub)) is not None:
+                target = (root + hit[0], rule)
+                optional = any(re.fullmatch(p, hit[0]) for p in arch.optional)
+                if "layer" in hit[1]:
+                    layers_seen.add(int(hit[1]["layer"]))
                 break
         if target is None:
             if any(re.fullmatch(p, sub) for p in arch.ignorable()):
@@ -164,13 +170,13 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
             arr = rule.transform.to_jax(value, config)
         except ValueError:  # a reshaping transform (q/k/v, attention out) cannot take this shape
             arr = None
-        converted[path] = (key, arr, tuple(value.shape))
+        converted[path] = (key, arr, tuple(value.shape), optional)
 
     flat_template = {join_keys(k): v for k, v in traverse_util.flatten_dict(template).items()}
     out = {}
     for path, tmpl in flat_template.items():
         if path in converted:
-            key, arr, hf_shape = converted.pop(path)
+            key, arr, hf_shape, _ = converted.pop(path)
             if arr is None or tuple(arr.shape) != tuple(tmpl.shape):
                 report.mismatched.append((path, hf_shape if arr is None else tuple(arr.shape), tuple(tmpl.shape)))
                 out[path] = tmpl
@@ -182,12 +188,33 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
         else:
             report.initialized.append(path)
             out[path] = tmpl
-    # Converted keys with no place in this model (e.g. the pooler when loading an MLM model).
-    report.ignored.extend(key for key, _, _ in converted.values())
-    if strict and (report.missing or report.unexpected or report.mismatched):
+    # Converted keys with no place in this model: ignored where the module is optional by
+    # configuration (the pooler of an MLM model), else a mismatch between config.json and the weights.
+    report.ignored.extend(key for key, _, _, optional in converted.values() if optional)
+    report.unplaced.extend(key for key, _, _, optional in converted.values() if not optional)
+    if report.unplaced:
+        report.hints.extend(_unplaced_hints(converted, layers_seen, config))
+    if strict and report.has_problems():
         raise CheckpointMismatchError("checkpoint does not match the model:\n" + report.problems())
     params = traverse_util.unflatten_dict({tuple(k.split(SEP)): v for k, v in out.items()})
     return params, report
+
+
+def _unplaced_hints(converted: dict[str, tuple], layers_seen: set[int], config: Any) -> list[str]:
+    """Why mapped keys found no parameter: more layers in the weights than the config builds, or a
+    config flag (a bias, a head part) that leaves out a parameter the checkpoint has."""
+    n_model = getattr(config, "num_hidden_layers", None)
+    extra = [path for path, (_, _, _, optional) in converted.items() if not optional]
+    layer_paths = [p for p in extra if re.search(r"(^|/)layer_\d+/", p)]
+    hints = []
+    if layers_seen and n_model is not None and max(layers_seen) + 1 > n_model and layer_paths:
+        hints.append(f"the config (config.json) has num_hidden_layers={n_model} but the weights have "
+                     f"{max(layers_seen) + 1} layers")
+    if len(layer_paths) < len(extra) or not hints:
+        other = [p for p in extra if p not in layer_paths] or extra
+        hints.append(f"the config leaves out parameters the weights have ({preview(other, 5)}): a config flag "
+                     "(a bias, a head part) that does not match the checkpoint")
+    return hints
 
 
 def _hf_key(rule, path: str) -> str | None:
@@ -294,12 +321,14 @@ def _jit_init(model: nn.Module, rng: jax.Array, seq_len: int) -> dict:
 
 def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: str = "base",
                     id2label: dict[int, str] | None = None, extra_config: dict | None = None,
-                    tokenizer: Any = None) -> Path:
+                    tokenizer: Any = None, extra_files: Callable[[Path], Any] | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers loads for ``task``.
 
-    The directory is written to a temporary sibling and renamed into place, so an interrupted
-    export never leaves a half-written model where a good one was; ``tokenizer`` (anything with
-    ``save_pretrained(dir)``) is written inside the same swap.
+    The directory is written to a temporary sibling and swapped into place in one step
+    (:mod:`jaxbert.convert.atomic_dir`), so an interrupted export never leaves a half-written
+    model where a good one was. ``tokenizer`` (anything with ``save_pretrained(dir)``) and
+    ``extra_files(tmp_dir)`` (further files: a lexicon, sentence-transformers modules) are written
+    inside the same swap: the directory appears complete or not at all.
     """
 
     path = Path(path)
@@ -316,7 +345,13 @@ def save_pretrained(path: str | os.PathLike, params: dict, config: Any, task: st
         hf["label2id"] = {str(v): int(i) for i, v in labels.items()}
         hf["num_labels"] = n
     hf.update(extra_config or {})
-    extra = None if tokenizer is None else (lambda tmp: tokenizer.save_pretrained(str(tmp)))
+
+    def extra(tmp: Path) -> None:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if extra_files is not None:
+            extra_files(tmp)
+
     return write_weights_dir(path, state, hf, extra_files=extra)
 
 
@@ -325,4 +360,4 @@ def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> None
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
                  "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model"):
         if (Path(src) / name).is_file():
-            shutil.copy2(Path(src) / name, Path(dst) / name)
+            shutil.copyfile(Path(src) / name, Path(dst) / name)  # new file: umask permissions, as transformers

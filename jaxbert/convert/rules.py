@@ -54,6 +54,11 @@ class Rule:
         m = _template_regex(self.hf).match(key)
         return self.jax.format(**m.groupdict()) if m else None
 
+    def parse_hf(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """``(jaxbert path, placeholder values)`` for a matching HF key (e.g. ``{"layer": "4"}``), else None."""
+        m = _template_regex(self.hf).match(key)
+        return (self.jax.format(**m.groupdict()), m.groupdict()) if m else None
+
     def match_jax(self, path: str) -> str | None:
         m = _template_regex(self.jax).match(path)
         return self.hf.format(**m.groupdict()) if m else None
@@ -94,6 +99,11 @@ class KeyTable:
       tasks listed here are the tasks the architecture converts.
     * ``benign``: regexes of checkpoint keys that never map to a parameter (buffers, tied copies).
     * ``other_heads``: regexes of keys of other tasks' heads (ignored, reported in ``ignored``).
+    * ``optional``: regexes of jaxbert paths (as the rules write them, without the task model's
+      ``encoder/``) of modules a model may lack by configuration, e.g. ``pooler/.*`` (MLM models
+      and ``add_pooling_layer=False`` have none): checkpoint keys mapped there are ignored. Any
+      other key a rule maps to a path the model does not have is an error under strict loading
+      (layers beyond ``num_hidden_layers``, a bias the config turned off).
     * ``base_prefix``: prefix of backbone keys in a ``"base"`` export (LLMs export ``*ForCausalLM``
       files, backbone under ``"model."``; encoders export the bare backbone: ``""``).
     """
@@ -104,6 +114,7 @@ class KeyTable:
     benign: Sequence[str] = ()
     other_heads: Sequence[str] = ()
     base_prefix: str = ""
+    optional: Sequence[str] = ()
 
     def rules_for(self, task: str) -> Sequence[Rule]:
         """Head rules of ``task``; ValueError listing the supported tasks when it has none."""

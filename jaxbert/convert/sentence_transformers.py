@@ -17,21 +17,19 @@ model)::
     sentence_bert_config.json               max_seq_length, do_lower_case
     config_sentence_transformers.json       versions, similarity_fn_name "cosine"
 
-The directory is assembled in a temporary sibling and renamed into place (an interrupted export
-never leaves a half-written model where a good one was).
+Everything (weights, config, tokenizer, the module files) is written into one temporary sibling
+and swapped into place in one step (:mod:`jaxbert.convert.atomic_dir`): an interrupted export
+never leaves a half-written model where a good one was.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from jaxbert.convert import hf as hf_convert
-from jaxbert.convert.atomic_dir import swap_into_place
 from jaxbert.models.pooling import check_mode
 
 # jaxbert mode -> sentence-transformers legacy flag, in sentence-transformers' concatenation order.
@@ -73,14 +71,9 @@ def save_sentence_transformer(path: str | os.PathLike, encoder_params: dict, con
     if max_seq_length > getattr(config, "max_position_embeddings", max_seq_length):
         raise ValueError(f"max_seq_length={max_seq_length} exceeds the model's max_position_embeddings="
                          f"{config.max_position_embeddings}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.st-"))
-    try:
-        tmp = hf_convert.save_pretrained(work / "model", encoder_params, config, task="base")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        else:
+
+    def st_files(tmp: Path) -> None:
+        if tokenizer is None:
             hf_convert.copy_tokenizer_files(tokenizer_dir, tmp)
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
@@ -98,10 +91,10 @@ def save_sentence_transformer(path: str | os.PathLike, encoder_params: dict, con
             {"model_type": "SentenceTransformer", "__version__": {"jaxbert": _version()}, "prompts": {},
              "default_prompt_name": None,
              "similarity_fn_name": "cosine"}, indent=2))
-        swap_into_place(tmp, path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return path
+
+    # Weights, config, tokenizer and the sentence-transformers files: one directory, one swap.
+    return hf_convert.save_pretrained(path, encoder_params, config, task="base", tokenizer=tokenizer,
+                                      extra_files=st_files)
 
 
 def _version() -> str:

@@ -13,7 +13,7 @@ exactly what the caller asked for: ``max_length`` by default, the longest row
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ import numpy as np
 __all__ = [
     "MODEL_KEYS",
     "TOKENIZER_MODELS",
+    "check_texts",
     "check_vocab",
     "encode_batch",
     "load_tokenizer",
+    "require_tokenizer_files",
     "tokenizer_vocab_size",
     "round_vocab_size",
     "tokenize_with_words",
@@ -55,6 +57,7 @@ def load_tokenizer(path_or_name: str | os.PathLike) -> Any:
             f"tokenizer directory not found: {path} (pass a local directory containing "
             f"tokenizer.json or vocab.txt, or a jaxbert asset name: {known})"
         )
+    require_tokenizer_files(path)
     from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
 
     try:
@@ -65,17 +68,63 @@ def load_tokenizer(path_or_name: str | os.PathLike) -> Any:
         raise ValueError(f"could not load a tokenizer from {path} (files: {shown}): {e}") from e
 
 
-def _check_texts(texts: Any, name: str) -> list[str]:
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(f"{name} must be a list of str, got a single {type(texts).__name__}; wrap it in a list")
-    if not isinstance(texts, Sequence):
-        raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
-    if len(texts) == 0:
-        raise ValueError(f"{name} must be a non-empty list of str")
-    for i, t in enumerate(texts):
+#: Files that carry a vocabulary (one of them, or a SentencePiece ``*.model``, must be present).
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model")
+_EXPECTED = ("tokenizer.json (fast tokenizer), or vocab.txt (WordPiece), or vocab.json + merges.txt (BPE), "
+             "or a SentencePiece *.model, next to tokenizer_config.json / special_tokens_map.json")
+
+
+def require_tokenizer_files(path: str | os.PathLike) -> None:
+    """FileNotFoundError naming the expected files when directory ``path`` holds no vocabulary.
+
+    Without one, transformers builds a tokenizer of a handful of special tokens from
+    ``config.json`` alone, and every text encodes to the same few ids.
+    """
+    path = Path(path)
+    if any((path / name).is_file() for name in VOCABULARY_FILES) or any(path.glob("*.model")):
+        return
+    present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    shown = present[:20] + (["..."] if len(present) > 20 else [])
+    raise FileNotFoundError(f"{path} has no tokenizer files: expected {_EXPECTED}; found {shown}. Copy the "
+                            "checkpoint's tokenizer files into it, or name the tokenizer directory "
+                            "(data.tokenizer=... / tokenizer=...)")
+
+
+def check_texts(texts: Any, name: str = "texts", *, single_ok: bool = False) -> tuple[bool, list[str]]:
+    """The one input check of every text entry point (``encode_batch``, the sentence encoders).
+
+    Returns ``(single, texts)``: ``single`` is True when ``texts`` was one ``str`` (allowed only
+    with ``single_ok``; it comes back as a one-element list). Accepts a list, tuple or other
+    iterable of ``str``. Raises TypeError for None, bytes (decode them first), a non-iterable, an
+    element that is not a ``str`` (its index and type named); ValueError for no texts and for a
+    string that is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which the tokenizer
+    could not encode; its index and character position named).
+    """
+    expected = f"{name} must be a str or a list of str" if single_ok else f"{name} must be a list of str"
+    if isinstance(texts, str):
+        if not single_ok:
+            raise TypeError(f"{expected}, got a single str; wrap it in a list")
+        single, items = True, [texts]
+    elif isinstance(texts, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{expected}, got {type(texts).__name__}; decode it first (e.g. data.decode('utf-8'))")
+    elif texts is None or isinstance(texts, Mapping) or not isinstance(texts, Iterable):
+        raise TypeError(f"{expected}, got {type(texts).__name__}")
+    else:
+        single, items = False, list(texts)
+    if not items:
+        raise ValueError(f"{name} is empty: expected a non-empty {'str or ' if single_ok else ''}list of str")
+    for i, t in enumerate(items):
+        where = name if single else f"{name}[{i}]"
         if not isinstance(t, str):
-            raise TypeError(f"{name}[{i}] must be str, got {type(t).__name__}: {t!r:.80}")
-    return list(texts)
+            hint = "; decode bytes first" if isinstance(t, (bytes, bytearray)) else ""
+            raise TypeError(f"{where} must be str, got {type(t).__name__}: {t!r:.80}{hint}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where} is not valid Unicode text: lone surrogate {t[e.start]!r} at character "
+                             f"{e.start} (decoded with errors='surrogateescape'?); clean or re-decode it") from None
+    return single, items
 
 
 #: The arrays :func:`encode_batch` returns (the encoder inputs), each int32 ``[B, L]``.
@@ -107,9 +156,9 @@ def encode_batch(
       TypeError: ``texts`` is not a list of str; the message names the bad index and type.
       ValueError: empty input, mismatched pair count, bad ``max_length``/``pad_to``.
     """
-    texts = _check_texts(texts, "texts")
+    texts = check_texts(texts, "texts")[1]
     if text_pairs is not None:
-        text_pairs = _check_texts(text_pairs, "text_pairs")
+        text_pairs = check_texts(text_pairs, "text_pairs")[1]
         if len(text_pairs) != len(texts):
             raise ValueError(f"text_pairs has {len(text_pairs)} entries but texts has {len(texts)}")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
@@ -167,18 +216,37 @@ def tokenizer_vocab_size(tokenizer: Any) -> int:
     return n
 
 
-def check_vocab(tokenizer: Any, vocab_size: int) -> int:
-    """Raise ``ValueError`` if the tokenizer can produce ids >= the model's ``vocab_size``.
+#: A pretrained model's embedding table may exceed its tokenizer by this many rows (padding to a
+#: multiple of 64/128, a few reserved ids) or this fraction of the table; more means a mismatch.
+VOCAB_SLACK_ROWS = 128
+VOCAB_SLACK_FRACTION = 0.1
 
-    A smaller tokenizer than the embedding table is allowed (embedding tables are often padded
-    to a multiple of 64/128). Returns the tokenizer's vocabulary size.
+
+def check_vocab(tokenizer: Any, vocab_size: int, *, pretrained: bool = False, source: Any = None) -> int:
+    """Raise ``ValueError`` if the tokenizer does not fit a model with ``vocab_size`` embedding rows.
+
+    Always: ids >= ``vocab_size`` would index past the table. With ``pretrained=True`` (weights
+    trained with some tokenizer, e.g. a model directory) also a tokenizer much smaller than the
+    table: more than :data:`VOCAB_SLACK_ROWS` rows and :data:`VOCAB_SLACK_FRACTION` of the table
+    unused means the tokenizer is not the one the weights were trained with. A table padded to a
+    multiple of 64/128 passes. ``source`` (a path) is named in the message. Returns the
+    tokenizer's vocabulary size.
     """
     n = tokenizer_vocab_size(tokenizer)
+    where = source if source is not None else getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     if n > vocab_size:
         raise ValueError(
-            f"tokenizer vocabulary ({n} ids, {getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}) "
-            f"does not fit the model's vocab_size={vocab_size}: ids >= {vocab_size} would index past "
-            "the embedding table. Use the tokenizer that matches the checkpoint, or resize the embeddings."
+            f"tokenizer has {n} tokens but the model's vocab_size is {vocab_size} ({where}): its {n} ids "
+            f"do not fit vocab_size={vocab_size}, ids >= {vocab_size} would index past the embedding table. "
+            "Use the tokenizer that matches the checkpoint, or resize the embeddings."
+        )
+    unused = vocab_size - n
+    if pretrained and unused > VOCAB_SLACK_ROWS and unused > VOCAB_SLACK_FRACTION * vocab_size:
+        raise ValueError(
+            f"tokenizer vocabulary ({n} ids, {where}) is much smaller than the model's vocab_size={vocab_size}: "
+            f"{unused} embedding rows would never be used, so this is not the tokenizer the weights were trained "
+            f"with (a table padded for alignment exceeds it by at most {VOCAB_SLACK_ROWS} rows). Expected "
+            f"tokenizer files: {_EXPECTED}."
         )
     return n
 

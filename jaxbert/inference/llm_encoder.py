@@ -37,15 +37,12 @@ import jax
 import numpy as np
 
 from jaxbert.compiler_options import compiler_options
-from jaxbert.inference.sentence_encoder import SentenceEncoder
+from jaxbert.inference.sentence_encoder import SentenceEncoder, check_max_length, pick_max_length
 from jaxbert.models.llm.pooling import canonical_pooling, llm_pool
 from jaxbert.models.pooling import l2_normalize
 
-_LLM_OPTIONS = {
-    "dtype": ("float32", "bfloat16"),
-    "attention_implementation": ("xla", "dot_product_attention"),
-}
 _IN_FLIGHT = 8
+_OWN_KEYWORDS = ("add_eos", "bidirectional", "normalize", "tokenizer")
 
 
 def _llm_embed(params, input_ids, attention_mask, embed_mask, *, model, mode, normalize):
@@ -120,27 +117,14 @@ class LlmSentenceEncoder(SentenceEncoder):
         max_length = saved.get("max_length") if max_length is None else max_length
         normalize = bool(saved.get("normalize", False)) if normalize is None else normalize
 
-        unknown = sorted(set(options) - set(_LLM_OPTIONS))
-        if unknown:
-            raise TypeError(f"SentenceEncoder.from_pretrained (LLM) got unknown option(s) {unknown}; known: "
-                            f"{sorted(_LLM_OPTIONS) + ['add_eos', 'bidirectional', 'normalize', 'tokenizer']}")
-        for key, value in options.items():
-            if value not in _LLM_OPTIONS[key]:
-                raise ValueError(f"{key}={value!r}; expected one of {_LLM_OPTIONS[key]}")
+        options = cls.model_options(options, extra=_OWN_KEYWORDS)
+        check_max_length(max_length)
         pooling = "mean" if pooling is None else pooling
         canonical_pooling(pooling)  # fail before loading weights
         path = Path(path).expanduser()
-        options = {"attention_implementation": "dot_product_attention", **options}
         pre = load_llm(path, attention_mode="bidirectional" if bidirectional else "causal", **options)
         tok = load_llm_tokenizer(path, pre.config, tokenizer)
-        cap = pre.config.max_position_embeddings
-        if max_length is None:
-            tok_max = getattr(tok, "model_max_length", None)
-            max_length = min(512, cap, tok_max if isinstance(tok_max, int) and tok_max > 0 else cap)
-        elif not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
-        elif max_length > cap:
-            raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={cap}")
+        max_length = pick_max_length(max_length, pre.config.max_position_embeddings, tok, limit=512)
         return cls(pre.model, pre.params, pre.config, tok, pooling=pooling, normalize=normalize,
                    max_length=max_length, add_eos=add_eos, path=path)
 

@@ -51,8 +51,8 @@ from jaxbert.models import registry
 from jaxbert.models.architecture import ArchitectureSpec
 from jaxbert.models.pooling import check_mode, l2_normalize, pool, read_st_pooling, st_transformer_dir
 
-# Options accepted by ``from_pretrained(**options)`` -> allowed values.
-_OPTIONS = {
+#: Model options every sentence encoder's ``load(**options)`` accepts -> allowed values.
+LOAD_OPTIONS = {
     "dtype": ("float32", "bfloat16"),
     "attention_implementation": ("xla", "dot_product_attention"),
 }
@@ -78,6 +78,29 @@ def row_buckets(batch_size: int) -> list[int]:
 
 def _smallest_at_least(buckets: Sequence[int], n: int) -> int:
     return buckets[int(np.searchsorted(buckets, n))]
+
+
+def check_max_length(max_length: Any) -> None:
+    """An explicit ``max_length`` must be an int >= 2 ([CLS]/BOS and one token); None is the default."""
+    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool)
+                                   or max_length < 2):
+        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+
+
+def pick_max_length(max_length: int | None, cap: int, tokenizer: Any, *, preferred: int | None = None,
+                    limit: int | None = None) -> int:
+    """The encoder's ``max_length``: an explicit value (checked against ``cap``, the model's
+    ``max_position_embeddings``), else ``preferred`` (a directory's setting) or the tokenizer's
+    ``model_max_length`` (when it is a real number, not transformers' 1e30 "unset") or ``cap``,
+    capped at ``cap`` and ``limit``."""
+    check_max_length(max_length)
+    if max_length is not None:
+        if max_length > cap:
+            raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={cap}")
+        return int(max_length)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    tok_max = tok_max if isinstance(tok_max, int) and 0 < tok_max < 1_000_000 else None
+    return int(min(preferred or tok_max or cap, cap, limit or cap))
 
 
 def _embed(params, input_ids, attention_mask, *, model, mode, normalize):
@@ -189,24 +212,12 @@ class SentenceEncoder:
         ``attention_implementation="dot_product_attention"`` (default here: no dropout at
         inference, cuDNN on GPU, faster on CPU) ``|"xla"`` (the reference einsum path).
         """
-        from transformers import AutoTokenizer
-
         from jaxbert.convert.hf import load_pretrained, read_hf_config
+        from jaxbert.data.tokenization import check_vocab, load_tokenizer
 
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise TypeError(f"SentenceEncoder.from_pretrained got unknown option(s) {unknown}; "
-                            f"known: {sorted(_OPTIONS)}")
-        for key, value in options.items():
-            if value not in _OPTIONS[key]:
-                raise ValueError(f"{key}={value!r}; expected one of {_OPTIONS[key]}")
-
+        options = cls.model_options(options)
+        check_max_length(max_length)
         path = Path(path).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"model directory {path} does not exist")
-        if not path.is_dir():
-            raise NotADirectoryError(f"{path} is not a directory (expected a sentence-transformers "
-                                     "or HF model directory)")
         if (path / "modules.json").is_file():
             st_mode, normalize, st_max = read_st_pooling(path)
             model_dir = st_transformer_dir(path)
@@ -217,34 +228,37 @@ class SentenceEncoder:
             model_dir = path
         mode = st_mode if pooling is None else pooling
         modes = check_mode(mode)
-
-        cap = read_hf_config(model_dir).get("max_position_embeddings", 512)  # errors name the path
-        if max_length is not None:
-            if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-                raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
-            if max_length > cap:
-                raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={cap}")
-        # Inference never uses attention dropout, so jax.nn.dot_product_attention is always valid:
-        # cuDNN fused attention on GPU; on CPU one MiniLM batch [64, 256] (1 thread, AMD EPYC)
-        # took 6.4 s CPU vs 8.4 s with the "xla" einsum reference (torch: 5.2 s). Same at [64, 32].
-        options = {"attention_implementation": "dot_product_attention", **options}
+        # Errors name the path (a missing directory, no config.json); an export interrupted mid-swap is recovered.
+        cap = read_hf_config(model_dir).get("max_position_embeddings", 512)
+        if max_length is not None and max_length > cap:
+            raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={cap}")
         # The BERT pooler (tanh dense on [CLS]) is not part of sentence embeddings: not loaded.
         pre = load_pretrained(model_dir, task="base", add_pooling_layer=False, **options)
         config = pre.config
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        except Exception as e:  # noqa: BLE001 - re-raised with the path
-            raise ValueError(f"could not load a tokenizer from {model_dir}: {e}") from e
-        if len(tokenizer) > config.vocab_size:
-            raise ValueError(f"{model_dir}: tokenizer has {len(tokenizer)} tokens but the model's "
-                             f"vocab_size is {config.vocab_size}; tokenizer and weights do not match")
-
-        if max_length is None:
-            tok_max = getattr(tokenizer, "model_max_length", None)
-            max_length = st_max or (tok_max if isinstance(tok_max, int) and tok_max < 1_000_000 else cap)
-            max_length = min(int(max_length), cap)
+        tokenizer = load_tokenizer(model_dir)  # no tokenizer files: an error naming the files expected
+        check_vocab(tokenizer, config.vocab_size, pretrained=True, source=model_dir)
+        max_length = pick_max_length(max_length, cap, tokenizer, preferred=st_max)
         return cls(pre.model, pre.params, config, tokenizer, pooling=mode if len(modes) > 1 else modes[0],
                    normalize=normalize, max_length=max_length, lowercase=lowercase, path=path)
+
+    @classmethod
+    def model_options(cls, options: dict[str, Any], extra: Sequence[str] = ()) -> dict[str, Any]:
+        """``options`` checked against :data:`LOAD_OPTIONS` (the one check of every encoder's
+        ``load``), with the inference default ``attention_implementation="dot_product_attention"``.
+
+        Inference never uses attention dropout, so ``jax.nn.dot_product_attention`` is always valid:
+        cuDNN fused attention on GPU; on CPU one MiniLM batch [64, 256] (1 thread, AMD EPYC) took
+        6.4 s vs 8.4 s with the "xla" einsum reference (torch: 5.2 s). Same at [64, 32].
+        ``extra``: the subclass's own keyword names, listed in the unknown-option message.
+        """
+        unknown = sorted(set(options) - set(LOAD_OPTIONS))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained got unknown option(s) {unknown}; "
+                            f"known: {sorted([*LOAD_OPTIONS, *extra])}")
+        for key, value in options.items():
+            if value not in LOAD_OPTIONS[key]:
+                raise ValueError(f"{key}={value!r}; expected one of {LOAD_OPTIONS[key]}")
+        return {"attention_implementation": "dot_product_attention", **options}
 
     # ------------------------------------------------------------------ properties
 
@@ -282,13 +296,9 @@ class SentenceEncoder:
                               return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
     def _check(self, texts: str | Iterable[str], batch_size: int) -> tuple[bool, list[str], int]:
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        if not texts:
-            raise ValueError("texts is empty")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        from jaxbert.data.tokenization import check_texts
+
+        single, texts = check_texts(texts, "texts", single_ok=True)
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         return single, texts, int(batch_size)
@@ -312,8 +322,9 @@ class SentenceEncoder:
         Outputs are L2-normalised when the model directory has a ``Normalize`` module (always,
         like sentence-transformers) or when ``normalize_embeddings=True``.
 
-        Raises ValueError('texts is empty') for no texts, TypeError naming the index and type of
-        the first element that is not a ``str``, ValueError for ``batch_size < 1``.
+        Inputs are checked by :func:`jaxbert.data.tokenization.check_texts`: TypeError for None,
+        bytes, or an element that is not a ``str`` (index and type named); ValueError for no texts
+        (``texts is empty``), a lone surrogate (index and position named) and ``batch_size < 1``.
         """
         single, texts, batch_size = self._check(texts, batch_size)
         normalize = self.normalize or bool(normalize_embeddings)

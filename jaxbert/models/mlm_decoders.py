@@ -153,10 +153,13 @@ class EncoderForPretraining(nn.Module):
         self.encoder = self.backbone(cfg)
         act = getattr(cfg, "hidden_act", "gelu")
         act = act if act in ACTIVATIONS else "gelu"
-        self.mlm_head = MaskedLMHead(cfg.hidden_size, cfg.vocab_size, activation=act,
+        # The head EncoderForMaskedLM (and transformers) builds from the exported config: ModernBERT-shaped
+        # configs have no head biases, so a head trained with them would lose them on reload.
+        options = {"activation": act, **(cfg.mlm_head_options() if hasattr(cfg, "mlm_head_options") else {})}
+        self.mlm_head = MaskedLMHead(cfg.hidden_size, cfg.vocab_size,
                                      layer_norm_eps=getattr(cfg, "layer_norm_eps", 1e-12),
                                      initializer_range=getattr(cfg, "initializer_range", 0.02),
-                                     dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
+                                     dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, **options)
         if self.decoder.kind != "none":
             self.mlm_decoder = MLMDecoder(decoder_block_config(cfg), self.decoder)
         if self.num_ngrams:

@@ -248,20 +248,23 @@ class Task:
     def load_task_tokenizer(self, config: Any, model_dir: Path | None, vocab_size: int | None = None) -> Any:
         """``data.tokenizer`` (a directory or ``"asset:NAME"``), else the model directory's tokenizer.
 
-        With ``vocab_size``, every tokenizer id must fit the embedding table
-        (:func:`jaxbert.data.tokenization.check_vocab`).
+        A directory without tokenizer files is an error naming the files expected. With
+        ``vocab_size``, every tokenizer id must fit the embedding table, and with pretrained
+        weights (``model_dir``) the tokenizer must not be much smaller than it either
+        (:func:`jaxbert.data.tokenization.check_vocab`, the check the sentence encoders use too).
         """
         from jaxbert.data.tokenization import check_vocab, load_tokenizer
 
         tok = config.data.get("tokenizer")
         if tok:
-            tokenizer = load_tokenizer(resolve_model_path(tok))
+            source = resolve_model_path(tok)
         elif model_dir is not None:
-            tokenizer = load_tokenizer(model_dir)
+            source = model_dir
         else:
             raise ValueError(f"data.tokenizer is required when model.init_from is None (task {self.name!r})")
+        tokenizer = load_tokenizer(source)
         if vocab_size is not None:
-            check_vocab(tokenizer, vocab_size)
+            check_vocab(tokenizer, vocab_size, pretrained=model_dir is not None, source=source)
         return tokenizer
 
     def load_model_and_tokenizer(self, config: Any, hf_task: str, num_labels: int | None = None) -> None:
@@ -393,10 +396,9 @@ class Task:
         extra = self.export_extra_config()
         if extra:
             kw["extra_config"] = extra
-        out = hf_convert.save_pretrained(path, params, self.model_config, task=self.hf_task,
-                                         id2label=self.export_id2label(), **kw)
-        self.tokenizer.save_pretrained(str(out))
-        return out
+        # The tokenizer goes inside the same atomic swap as the weights and config.
+        return hf_convert.save_pretrained(path, params, self.model_config, task=self.hf_task,
+                                          id2label=self.export_id2label(), tokenizer=self.tokenizer, **kw)
 
     def export(self, params: PyTree, path: str | os.PathLike) -> Path:
         """The trained model as a directory others load: merge PEFT, prepare, write (one path for every task)."""

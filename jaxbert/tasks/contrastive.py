@@ -443,14 +443,15 @@ class ContrastiveTask(Task):
         """
         from jaxbert.convert.sentence_transformers import save_sentence_transformer
         if self.domains:
+            from jaxbert.convert.atomic_dir import atomic_directory
             from jaxbert.models import moe_embedder
-            path = Path(path)
-            for e, domain in enumerate(self.domains):
-                dense_params, dense_cfg = moe_embedder.expert_as_dense(params["encoder"], self.model_config, e)
-                save_sentence_transformer(path / domain, dense_params, dense_cfg, self.tokenizer,
-                                          pooling=self.pooling, normalize=self.normalize,
-                                          max_seq_length=self.max_length)
-            return path
+            with atomic_directory(path) as tmp:  # every domain's model appears together, in one swap
+                for e, domain in enumerate(self.domains):
+                    dense_params, dense_cfg = moe_embedder.expert_as_dense(params["encoder"], self.model_config, e)
+                    save_sentence_transformer(tmp / domain, dense_params, dense_cfg, self.tokenizer,
+                                              pooling=self.pooling, normalize=self.normalize,
+                                              max_seq_length=self.max_length)
+            return Path(path)
         return save_sentence_transformer(path, params["encoder"], self.model_config, self.tokenizer,
                                          pooling=self.pooling, normalize=self.normalize,
                                          max_seq_length=self.max_length)

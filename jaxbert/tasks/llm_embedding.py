@@ -500,7 +500,5 @@ class LlmEmbeddingTask(Task):
     def write_export(self, params, path: str | os.PathLike) -> Path:
         """HF Llama/Qwen2 directory + tokenizer + embedding settings (see the module docstring)."""
         from jaxbert.convert.hf import save_pretrained
-        out = save_pretrained(path, params, self.model_config,
-                              extra_config={EMBEDDING_KEY: self.embedding_settings()})
-        self.tokenizer.save_pretrained(str(out))
-        return out
+        return save_pretrained(path, params, self.model_config, tokenizer=self.tokenizer,  # one atomic swap
+                               extra_config={EMBEDDING_KEY: self.embedding_settings()})

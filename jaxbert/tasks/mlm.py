@@ -402,20 +402,23 @@ class MaskedLMTask(Task):
                     "kernel": rng.normal(0.0, cfg.initializer_range, (h, h)).astype(np.float32),
                     "bias": np.zeros((h,), np.float32)}}
                 keep["encoder"] = enc
-            out = hf_convert.save_pretrained(path, keep, cfg, task="mlm", extra_config={"jaxbert_pretraining": note},
-                                             tokenizer=self.tokenizer)
-        else:
-            from flax import serialization
-            out = Path(path)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "params.msgpack").write_bytes(serialization.to_bytes(keep))
-            cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
-            (out / "config.json").write_text(json.dumps({"jaxbert_config": cfg_dict, "jaxbert_pretraining": note},
+            return hf_convert.save_pretrained(path, keep, cfg, task="mlm", extra_config={"jaxbert_pretraining": note},
+                                              tokenizer=self.tokenizer, extra_files=self._write_lexicon)
+        from flax import serialization
+        from jaxbert.convert.atomic_dir import atomic_directory
+        cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
+        with atomic_directory(path) as tmp:  # weights, config, tokenizer, lexicon: one swap
+            (tmp / "params.msgpack").write_bytes(serialization.to_bytes(keep))
+            (tmp / "config.json").write_text(json.dumps({"jaxbert_config": cfg_dict, "jaxbert_pretraining": note},
                                                         indent=2, default=str))
-            self.tokenizer.save_pretrained(str(out))
+            self.tokenizer.save_pretrained(str(tmp))
+            self._write_lexicon(tmp)
+        return Path(path)
+
+    def _write_lexicon(self, out: Path) -> None:
+        """The n-gram lexicon of n-gram masking, next to the exported weights (nothing otherwise)."""
         if self.lexicon is not None:
             self.lexicon.save(out / "ngram_lexicon.json")
-        return out
 
 
 def mlm_config() -> ml_collections.ConfigDict:

@@ -85,3 +85,28 @@ def test_errors(model_dir):
     enc = jaxbert.SentenceEncoder.from_pretrained(model_dir, max_length=4)
     with pytest.raises(ValueError, match="no room"):
         enc.encode(["w1"], instruction="w1 w2 w3 w4")
+
+
+def test_shared_checks_with_the_bert_encoder(model_dir, tmp_path):
+    """The LLM encoder uses the base class's option, max_length and text checks (one place for both)."""
+    import shutil
+
+    with pytest.raises(TypeError, match=r"LlmSentenceEncoder.from_pretrained got unknown option\(s\) \['unpad'\]; "
+                                        r"known: \['add_eos', 'attention_implementation', 'bidirectional'"):
+        jaxbert.SentenceEncoder.from_pretrained(model_dir, unpad=True)
+    with pytest.raises(ValueError, match=r"dtype='float16'; expected one of \('float32', 'bfloat16'\)"):
+        jaxbert.SentenceEncoder.from_pretrained(model_dir, dtype="float16")
+    with pytest.raises(ValueError, match="max_length must be an int >= 2, got 1"):
+        jaxbert.SentenceEncoder.from_pretrained(model_dir, max_length=1)
+    enc = jaxbert.SentenceEncoder.from_pretrained(model_dir, max_length=16)
+    with pytest.raises(TypeError, match="texts must be a str or a list of str, got NoneType"):
+        enc.encode(None)
+    with pytest.raises(ValueError, match=r"texts\[0\] is not valid Unicode text: lone surrogate"):
+        enc.encode(["w1 \ud800"])
+    # A checkpoint directory without its tokenizer files is refused, naming the files expected.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, bare / name)
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer files: expected tokenizer\.json"):
+        jaxbert.SentenceEncoder.from_pretrained(bare)

@@ -178,10 +178,33 @@ def test_empty_list_error(encoder):
 
 
 def test_non_str_error_names_index(encoder):
-    with pytest.raises(TypeError, match=r"texts\[2\] is int"):
+    with pytest.raises(TypeError, match=r"texts\[2\] must be str, got int: 3"):
         encoder.encode(["a", "b", 3])
     with pytest.raises(ValueError, match="batch_size"):
         encoder.encode(["a"], batch_size=0)
+
+
+@pytest.mark.parametrize("texts,error,message", [
+    (None, TypeError, r"texts must be a str or a list of str, got NoneType"),
+    (b"hello", TypeError, r"texts must be a str or a list of str, got bytes; decode it first"),
+    (["fine", b"bytes"], TypeError, r"texts\[1\] must be str, got bytes: b'bytes'; decode bytes first"),
+    (("ok", None), TypeError, r"texts\[1\] must be str, got NoneType"),
+    (42, TypeError, r"texts must be a str or a list of str, got int"),
+    ("\ud800", ValueError, r"texts is not valid Unicode text: lone surrogate '\\ud800' at character 0"),
+    (["ok", "a\udcffb"], ValueError, r"texts\[1\] is not valid Unicode text: lone surrogate '\\udcff' at character 1"),
+    ((t for t in []), ValueError, r"texts is empty"),
+])
+def test_encode_input_types_one_message(encoder, texts, error, message):
+    """Every bad input gets the one checker's message (jaxbert.data.tokenization.check_texts), not the
+    tokenizer's internals; generators and tuples of str are fine."""
+    with pytest.raises(error, match=message):
+        encoder.encode(texts)
+
+
+def test_encode_accepts_tuples_and_generators(encoder):
+    ref = encoder.encode(["a cat", "a dog"])
+    np.testing.assert_array_equal(encoder.encode(("a cat", "a dog")), ref)
+    np.testing.assert_array_equal(encoder.encode(t for t in ["a cat", "a dog"]), ref)
 
 
 def test_missing_directory_error(tmp_path):

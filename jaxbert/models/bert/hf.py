@@ -52,7 +52,9 @@ KEYS = KeyTable(
     # buffers and the decoder tied to the word embeddings
     benign=[r"embeddings\.position_ids", r"cls\.predictions\.decoder\.(weight|bias)"],
     # heads other than the one being loaded (e.g. NSP, or an MLM head loaded for classification)
-    other_heads=[r"cls\..*", r"classifier\..*", r"qa_outputs\..*"])
+    other_heads=[r"cls\..*", r"classifier\..*", r"qa_outputs\..*"],
+    # MLM task models and add_pooling_layer=False build no pooler: a checkpoint's pooler is then ignored
+    optional=[r"pooler/.*"])
 
 HF_ARCHITECTURES = {
     "base": "BertModel", "mlm": "BertForMaskedLM", "sequence_classification": "BertForSequenceClassification",

@@ -112,15 +112,22 @@ def load_llm_tokenizer(path: str | os.PathLike, config: LlmConfig | None = None,
 
     ``tokenizer``: a tokenizer object or a directory to load one from (``AutoTokenizer``). Else, for
     a ``.gguf`` file the tokenizer is rebuilt from the GGUF metadata (transformers' GGUF support),
-    and for an HF directory it is loaded from the directory. A tokenizer with more tokens than the
-    model's vocabulary raises ValueError. A missing pad token is set to the EOS token (LLM2Vec does
+    and for an HF directory it is loaded from the directory (one without tokenizer files is a
+    FileNotFoundError naming the files expected). A tokenizer with more ids than the model's
+    vocabulary, or much smaller than it (:func:`jaxbert.data.tokenization.check_vocab`), raises
+    ValueError. A missing pad token is set to the EOS token (LLM2Vec does
     the same).
     """
     from transformers import AutoTokenizer
 
+    from jaxbert.data.tokenization import check_vocab, require_tokenizer_files
+
     path = Path(path).expanduser()
+    src = path
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         src = path if tokenizer is None else Path(tokenizer).expanduser()
+        if src.suffix != ".gguf":
+            require_tokenizer_files(src)  # else transformers builds a few-token tokenizer from config.json
         try:
             if src.suffix == ".gguf":
                 tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
@@ -130,9 +137,8 @@ def load_llm_tokenizer(path: str | os.PathLike, config: LlmConfig | None = None,
             raise ValueError(f"could not load a tokenizer from {src}: {e}") from e
     else:
         tok = tokenizer
-    if config is not None and len(tok) > config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tok)} tokens but the model's vocab_size is {config.vocab_size}; "
-                         f"tokenizer and weights ({path}) do not match")
+    if config is not None:  # the check the encoders and tasks use: no id past the table, none much smaller
+        check_vocab(tok, config.vocab_size, pretrained=True, source=f"{src}, weights {path}")
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok

@@ -161,7 +161,7 @@ M2_BENIGN_KEYS = [r"embeddings\.position_ids", r"embeddings\.token_type_ids",
 M2_OTHER_HEAD_KEYS = [r"cls\..*", r"classifier\..*"]
 
 KEYS = KeyTable(backbone=M2_BACKBONE_RULES, hf_prefix="bert.", heads=M2_HEAD_RULES, benign=M2_BENIGN_KEYS,
-                other_heads=M2_OTHER_HEAD_KEYS)
+                other_heads=M2_OTHER_HEAD_KEYS, optional=[r"pooler/.*"])  # MLM models have no pooler
 
 
 def is_reference_config(hf_config: dict) -> bool:
