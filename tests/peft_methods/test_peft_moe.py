@@ -21,6 +21,8 @@ from jaxbert.train.optim import default_optim_config, make_optimizer
 from jaxbert.train.state import TrainState
 from jaxbert.train.step import make_train_step
 
+from _configs import peft_config
+
 B, L = 4, 8
 _rng = np.random.default_rng(0)
 QUERIES = {"input_ids": _rng.integers(1, 64, (B, L)).astype(np.int32),
@@ -44,11 +46,7 @@ def moe():
 
 def _attach(moe, name, **opts):
     cfg, model, params, sample = moe
-    pc = peft.default_config()
-    pc.method = name
-    for k, v in opts.items():
-        pc[peft.METHODS[name].section][k] = v
-    return peft.attach(model, peft.build(pc, cfg), params, sample, seed=0)
+    return peft.attach(model, peft.build(peft_config(name, **opts), cfg), params, sample, seed=0)
 
 
 def test_zero_length_prefix_reproduces_the_moe_model(moe):

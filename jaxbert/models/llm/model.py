@@ -61,7 +61,8 @@ from jaxbert.models.layers import extensions
 from jaxbert.models.layers import positions as pos_lib
 from jaxbert.models.config_base import ConfigMixin, check_choice, check_execution_fields
 from jaxbert.models.layers.activations import get_activation
-from jaxbert.models.layers.attention import causal_mask, combine_masks, dot_product_attention, padding_mask, segment_mask
+from jaxbert.models.layers.attention import (causal_mask, combine_masks, dot_product_attention, padding_mask,
+                                             prepend_kv_prefix, segment_mask)
 from jaxbert.models.layers.initializers import dense_init
 from jaxbert.models.layers.linear import DenseND, get_dot_general
 from jaxbert.models.layers.norms import make_norm
@@ -334,11 +335,7 @@ class LlmAttention(nn.Module):
             kk, v = jnp.repeat(kk, h // k, axis=2), jnp.repeat(v, h // k, axis=2)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         if kv_prefix is not None:
-            pk, pv = kv_prefix
-            kk = jnp.concatenate([pk.astype(kk.dtype), kk], axis=1)
-            v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-            if mask is not None:
-                mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (pk.shape[1],), bool), mask], axis=-1)
+            kk, v, mask, _ = prepend_kv_prefix(kv_prefix, kk, v, mask)
         dropout_rng = None
         if cfg.attention_dropout > 0.0 and not deterministic:
             dropout_rng = self.make_rng("dropout")

@@ -394,9 +394,9 @@ def non_embedding_param_count(params: Any) -> int:
     """Parameters under ``layer_*`` (the encoder body without embeddings, pooler or heads) of a param tree."""
     import math
 
-    from flax import traverse_util
-    flat = traverse_util.flatten_dict(meta.unbox(params))
-    return int(sum(math.prod(v.shape) for k, v in flat.items() if any(str(p).startswith("layer_") for p in k)))
+    from jaxbert.models.params import flat_paths, split_path
+    flat = flat_paths(meta.unbox(params))
+    return int(sum(math.prod(v.shape) for p, v in flat.items() if any(k.startswith("layer_") for k in split_path(p))))
 
 
 def config_from_dict(d: dict[str, Any]) -> M2Config:

@@ -66,7 +66,8 @@ import flax.linen as nn
 from flax import struct
 from flax.core import meta
 
-from jaxbert.models.config_base import DTYPES, ConfigMixin, check_choice, check_execution_fields  # noqa: F401 (DTYPES re-exported)
+# DTYPES is re-exported (bert/model.py imports it from here)
+from jaxbert.models.config_base import DTYPES, ConfigMixin, check_choice, check_execution_fields  # noqa: F401
 from jaxbert.models.layers import extensions
 from jaxbert.models.layers import positions as pos_lib
 from jaxbert.models.layers import unpad as unpad_lib
