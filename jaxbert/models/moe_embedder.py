@@ -88,15 +88,16 @@ class MoEBertLayer(nn.Module):
         kv_prefix = extensions.prefix_kv(cfg, self.layer_index, x.shape[0], dt)
         h = get_attention_kind(cfg.attention_kind)(
             num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim, dropout_rate=cfg.attention_probs_dropout_prob,
-            initializer_range=cfg.initializer_range, implementation=cfg.attention_implementation, dtype=dt,
-            param_dtype=pdt, dot_general=dot_general, name="attention")(
+            use_bias=cfg.attention_bias, initializer_range=cfg.initializer_range,
+            implementation=cfg.attention_implementation, dtype=dt, param_dtype=pdt, qkv_layout=cfg.qkv_layout,
+            dot_general=dot_general, name="attention")(
                 x, mask=mask, deterministic=deterministic, kv_prefix=kv_prefix)
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         h = extensions.apply_site(cfg, "after_attention", self.layer_index, h, deterministic)
         x = layer_norm(cfg.layer_norm_eps, dt, pdt, "attention_norm")(x + h)
         mlp = lambda name: Mlp(cfg.intermediate_size, activation=cfg.hidden_act,  # noqa: E731
-                               initializer_range=cfg.initializer_range, dtype=dt, param_dtype=pdt,
-                               dot_general=dot_general, name=name)
+                               use_bias=cfg.mlp_in_bias, initializer_range=cfg.initializer_range, dtype=dt,
+                               param_dtype=pdt, dot_general=dot_general, name=name)
         if self.layer_index in cfg.expert_layers:
             h = sum(gates[:, e, None, None].astype(dt) * mlp(f"mlp_expert_{e}")(x) for e in range(cfg.num_experts))
         else:

@@ -52,7 +52,9 @@ FROZEN = "frozen"
 #: the dense layer inside RoBERTa's classification head, which peft's ``modules_to_save=["classifier"]``
 #: (and the LoRA paper's GLUE setup) trains; in sentence-transformers checkpoints such as MiniLM the
 #: pooler was never trained for the [CLS] path, so freezing it would cripple every PEFT method.
-DEFAULT_HEAD_REGEX = r"^(classifier|qa_head|encoder/pooler)/"
+#: The sentence embedder's pair classifier (softmax / teacher-logit objectives) and the
+#: mixture-of-experts router (trained by its own routing loss) are fresh heads too.
+DEFAULT_HEAD_REGEX = r"^(classifier|qa_head|pair_classifier|encoder/pooler|encoder/router)/"
 
 
 class PeftError(ValueError):

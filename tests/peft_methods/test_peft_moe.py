@@ -1,7 +1,8 @@
 """PEFT on the mixture-of-experts embedder: its blocks have the extension sites, so LoRA and the
 module methods (Houlsby adapters here, prefix tuning) attach to the MoE model, a zero-length prefix
-leaves its outputs unchanged, and a few contrastive training steps move only the trainable leaves
-(the experts, the router and every other base weight stay bitwise unchanged).
+leaves its outputs unchanged, and a few contrastive + routing-loss steps move only the trainable
+leaves: the PEFT leaves and the router (a fresh head, trained by its routing loss); the experts and
+every other base weight stay bitwise unchanged.
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def test_training_moves_only_the_peft_leaves(moe, name, opts, added):
         kw = dict(deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
         q = att.model.apply({"params": p}, *(batch["q_" + k] for k in QUERIES), domains=batch["domains"], **kw)
         d = att.model.apply({"params": p}, *(batch["d_" + k] for k in DOCS), domains=batch["domains"], **kw)
-        return mnrl_loss(q, d)
+        loss, sums = mnrl_loss(q, d)
+        route = moe_embedder.router_loss(att.model, p, {k: batch["q_" + k][:, None] for k in QUERIES},
+                                         batch["domains"])
+        return loss + route, {**sums, "loss": sums["loss"] + route * sums["weight"]}
 
     oc = default_optim_config()
     oc.learning_rate, oc.schedule, oc.warmup_steps, oc.weight_decay, oc.total_steps = 1e-2, "constant", 0, 0.01, 10
@@ -94,12 +98,13 @@ def test_training_moves_only_the_peft_leaves(moe, name, opts, added):
     before, after, lab = flatten(att.params), flatten(state.params), flatten(labels)
     frozen = [p for p in lab if lab[p] == "frozen"]
     trained = [p for p in lab if lab[p] != "frozen"]
-    assert set(trained) == {p for p in lab if att.model.method.is_peft_path(p)}  # no head on this model
-    assert any("mlp_expert" in p for p in frozen) and any(p.startswith("encoder/router/") for p in frozen)
+    router = {"encoder/router/kernel", "encoder/router/bias"}
+    assert set(trained) == {p for p in lab if att.model.method.is_peft_path(p)} | router
+    assert any("mlp_expert" in p for p in frozen)
     for p in frozen:
         np.testing.assert_array_equal(np.asarray(after[p]), np.asarray(before[p]), err_msg=p)
     moved = [p for p in trained if not np.array_equal(np.asarray(after[p]), np.asarray(before[p]))]
-    # LoRA's A moves only once B is non-zero (B starts at zero), so every B and the adapters must move
+    # LoRA's A moves only once B is non-zero (B starts at zero), so every B, the adapters and the router move
     assert moved and all(p in moved for p in trained if not p.endswith("lora_a")), sorted(set(trained) - set(moved))
     assert info["num_trainable"] == sum(int(np.prod(after[p].shape)) for p in trained)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
