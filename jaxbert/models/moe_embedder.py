@@ -16,6 +16,10 @@ Parameter tree: BERT's (:mod:`jaxbert.models.bert.model`), except that in MoE la
 replaced by ``mlp_expert_{e}`` (same sub-tree) for ``e < num_experts``, plus
 ``router/{kernel [embed, E], bias [E]}``. Expert FFNs are all computed and combined with the
 gate (``E`` x the FFN compute in MoE layers): simple, exact, and fine for a handful of domains.
+
+PEFT: the MoE block calls the extension sites like the encoder block (adapters, prefixes; soft
+prompts after the router), so every PEFT method attaches; an adapter after the MLP sees the gated
+expert output and is shared by all domains.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import flax.linen as nn
 import optax
 
 from jaxbert.models.bert.model import BertConfig, BertEmbeddings, EncoderOutput, Pooler
-from jaxbert.models.layers.attention import MultiHeadAttention, padding_mask
+from jaxbert.models.layers import extensions
+from jaxbert.models.layers.attention import get_attention_kind, padding_mask
+from jaxbert.models.layers.linear import get_dot_general
 from jaxbert.models.layers.mlp import Mlp
 from jaxbert.models.layers.norms import layer_norm
 
@@ -62,6 +68,15 @@ class MoEBertConfig(BertConfig):
 
 
 class MoEBertLayer(nn.Module):
+    """BERT's post-norm block with the FFN replaced by gated experts in the expert layers.
+
+    ``x [b, l, embed]``, ``mask [b, 1, 1, l]`` bool, ``gates [b, num_experts]`` (one-hot) ->
+    ``[b, l, embed]``. The extension sites are called once each, as in the encoder block
+    (:mod:`jaxbert.models.layers.extensions`): ``attention_kv`` into the attention,
+    ``after_attention`` / ``after_mlp`` on each sub-layer output before its residual; the MLP
+    site sees the gated sum of the experts, so an adapter is shared by every domain.
+    """
+
     config: MoEBertConfig
     layer_index: int = 0
 
@@ -69,19 +84,26 @@ class MoEBertLayer(nn.Module):
     def __call__(self, x, mask, gates, deterministic: bool = True):
         cfg = self.config
         dt, pdt = cfg.compute_dtype, cfg.storage_dtype
-        h = MultiHeadAttention(num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
-                               dropout_rate=cfg.attention_probs_dropout_prob, initializer_range=cfg.initializer_range,
-                               implementation=cfg.attention_implementation, dtype=dt, param_dtype=pdt,
-                               name="attention")(x, mask=mask, deterministic=deterministic)
+        dot_general = get_dot_general(cfg.dot_general)
+        kv_prefix = extensions.prefix_kv(cfg, self.layer_index, x.shape[0], dt)
+        h = get_attention_kind(cfg.attention_kind)(
+            num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim, dropout_rate=cfg.attention_probs_dropout_prob,
+            use_bias=cfg.attention_bias, initializer_range=cfg.initializer_range,
+            implementation=cfg.attention_implementation, dtype=dt, param_dtype=pdt, qkv_layout=cfg.qkv_layout,
+            dot_general=dot_general, name="attention")(
+                x, mask=mask, deterministic=deterministic, kv_prefix=kv_prefix)
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = extensions.apply_site(cfg, "after_attention", self.layer_index, h, deterministic)
         x = layer_norm(cfg.layer_norm_eps, dt, pdt, "attention_norm")(x + h)
         mlp = lambda name: Mlp(cfg.intermediate_size, activation=cfg.hidden_act,  # noqa: E731
-                               initializer_range=cfg.initializer_range, dtype=dt, param_dtype=pdt, name=name)
+                               use_bias=cfg.mlp_in_bias, initializer_range=cfg.initializer_range, dtype=dt,
+                               param_dtype=pdt, dot_general=dot_general, name=name)
         if self.layer_index in cfg.expert_layers:
             h = sum(gates[:, e, None, None].astype(dt) * mlp(f"mlp_expert_{e}")(x) for e in range(cfg.num_experts))
         else:
             h = mlp("mlp")(x)
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = extensions.apply_site(cfg, "after_mlp", self.layer_index, h, deterministic)
         x = layer_norm(cfg.layer_norm_eps, dt, pdt, "mlp_norm")(x + h)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -96,6 +118,7 @@ class MoEBertModel(nn.Module):
         self.embeddings = BertEmbeddings(cfg)
         self.layers = [MoEBertLayer(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
         self.router = nn.Dense(cfg.num_experts, dtype=jnp.float32, kernel_init=nn.initializers.zeros, name="router")
+        self.embedding_extensions = extensions.embedding_modules(cfg)
         if cfg.add_pooling_layer:
             self.pooler = Pooler(cfg)
 
@@ -125,6 +148,8 @@ class MoEBertModel(nn.Module):
             domains = jnp.full((b,), -1, jnp.int32)
         chosen = jnp.where(domains >= 0, domains, jnp.argmax(logits, -1))
         gates = jax.nn.one_hot(chosen, cfg.num_experts, dtype=jnp.float32)
+        # soft prompts (after routing: the router reads the text's own tokens) may lengthen x and the mask
+        x, attention_mask = extensions.apply_embeddings(self.embedding_extensions, x, attention_mask, deterministic)
         mask = padding_mask(attention_mask)
         for layer in self.layers:
             x = layer(x, mask, gates, deterministic)

@@ -30,6 +30,20 @@ def _classifier_dropout(cfg) -> float:
     return cfg.hidden_dropout_prob if p is None else p
 
 
+def _encode(model: nn.Module, input_ids, attention_mask, token_type_ids, position_ids, deterministic: bool,
+            **backbone_kwargs: Any) -> Any:
+    """Run ``model.backbone`` as the child ``encoder`` of a compact task model (call inside ``__call__``)."""
+    return model.backbone(model.config, name="encoder")(input_ids, attention_mask, token_type_ids, position_ids,
+                                                        deterministic=deterministic, **backbone_kwargs)
+
+
+def _classifier(cfg: Any, num_labels: int, pre_activation: str | None = None) -> ClassificationHead:
+    """The ``classifier`` head: dropout (``classifier_dropout``, else ``hidden_dropout_prob``) and
+    ``num_labels`` outputs, after a dense + ``pre_activation`` layer when one is given."""
+    return ClassificationHead(num_labels, _classifier_dropout(cfg), cfg.initializer_range, cfg.compute_dtype,
+                              cfg.storage_dtype, pre_activation=pre_activation, name="classifier")
+
+
 class EncoderForMaskedLM(nn.Module):
     """Backbone + MLM head tied to the input embeddings. ``logits [b, l, vocab]``.
 
@@ -62,7 +76,15 @@ class EncoderForMaskedLM(nn.Module):
         return {"logits": logits, "last_hidden_state": out.last_hidden_state}
 
 
-class EncoderForSequenceClassification(nn.Module):
+class _LabelsModel(nn.Module):
+    """Fields of the classifier task models: ``config``, ``backbone`` (a module class taking it), ``num_labels``."""
+
+    config: Any
+    backbone: Any
+    num_labels: int = 2
+
+
+class EncoderForSequenceClassification(_LabelsModel):
     """Backbone + pooler + classifier. ``logits [b, num_labels]`` (regression: ``num_labels=1``).
 
     The head reads token 0 only, so a backbone that can (``supports_first_token_only``, e.g.
@@ -70,41 +92,25 @@ class EncoderForSequenceClassification(nn.Module):
     ``[b, 1, embed]``.
     """
 
-    config: Any
-    backbone: Any
-    num_labels: int = 2
-
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True):
-        cfg = self.config
         kwargs = {"first_token_only": True} if getattr(self.backbone, "supports_first_token_only", False) else {}
-        out = self.backbone(cfg, name="encoder")(input_ids, attention_mask, token_type_ids, position_ids,
-                                                 deterministic=deterministic, **kwargs)
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic, **kwargs)
         pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
-        logits = ClassificationHead(self.num_labels, _classifier_dropout(cfg), cfg.initializer_range,
-                                    cfg.compute_dtype, cfg.storage_dtype,
-                                    pre_activation=getattr(cfg, "classifier_pre_activation", None),
-                                    name="classifier")(pooled, deterministic)
+        pre_activation = getattr(self.config, "classifier_pre_activation", None)
+        logits = _classifier(self.config, self.num_labels, pre_activation)(pooled, deterministic)
         return {"logits": logits, "last_hidden_state": out.last_hidden_state}
 
 
-class EncoderForTokenClassification(nn.Module):
+class EncoderForTokenClassification(_LabelsModel):
     """Backbone + per-token classifier. ``logits [b, l, num_labels]``."""
-
-    config: Any
-    backbone: Any
-    num_labels: int = 2
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True):
-        cfg = self.config
-        out = self.backbone(cfg, name="encoder")(input_ids, attention_mask, token_type_ids, position_ids,
-                                                 deterministic=deterministic)
-        logits = ClassificationHead(self.num_labels, _classifier_dropout(cfg), cfg.initializer_range,
-                                    cfg.compute_dtype, cfg.storage_dtype, name="classifier")(
-            out.last_hidden_state, deterministic)
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic)
+        logits = _classifier(self.config, self.num_labels)(out.last_hidden_state, deterministic)
         return {"logits": logits, "last_hidden_state": out.last_hidden_state}
 
 
@@ -118,8 +124,7 @@ class EncoderForQuestionAnswering(nn.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True):
         cfg = self.config
-        out = self.backbone(cfg, name="encoder")(input_ids, attention_mask, token_type_ids, position_ids,
-                                                 deterministic=deterministic)
+        out = _encode(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic)
         start, end = SpanHead(cfg.initializer_range, cfg.compute_dtype, cfg.storage_dtype, name="qa_head")(
             out.last_hidden_state)
         return {"start_logits": start, "end_logits": end, "last_hidden_state": out.last_hidden_state}

@@ -39,6 +39,8 @@ import optax
 import flax.linen as nn
 from flax.core import meta
 
+from jaxbert.models.params import flatten_mapping, split_path, unflatten_mapping
+
 PyTree = Any
 
 #: Label of trainable leaves in :meth:`PeftMethod.labels` (any label other than 'frozen' trains).
@@ -50,7 +52,9 @@ FROZEN = "frozen"
 #: the dense layer inside RoBERTa's classification head, which peft's ``modules_to_save=["classifier"]``
 #: (and the LoRA paper's GLUE setup) trains; in sentence-transformers checkpoints such as MiniLM the
 #: pooler was never trained for the [CLS] path, so freezing it would cripple every PEFT method.
-DEFAULT_HEAD_REGEX = r"^(classifier|qa_head|encoder/pooler)/"
+#: The sentence embedder's pair classifier (softmax / teacher-logit objectives) and the
+#: mixture-of-experts router (trained by its own routing loss) are fresh heads too.
+DEFAULT_HEAD_REGEX = r"^(classifier|qa_head|pair_classifier|encoder/pooler|encoder/router)/"
 
 
 class PeftError(ValueError):
@@ -61,30 +65,10 @@ class PeftError(ValueError):
 # Param-tree helpers
 # ----------------------------------------------------------------------------------------------
 
-def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict -> ``{'a/b/c': leaf}`` (boxed ``nn.Partitioned`` leaves stay boxed)."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(f"{prefix}/{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node
-    walk("", params)
-    return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten`."""
-    out: dict[str, Any] = {}
-    for path, leaf in flat.items():
-        node = out
-        parts = path.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = leaf
-    return out
+#: Nested dict -> ``{'a/b/c': leaf}`` (boxed ``nn.Partitioned`` leaves stay boxed) and back;
+#: the one param-path spelling of :mod:`jaxbert.models.params`.
+flatten = flatten_mapping
+unflatten = unflatten_mapping
 
 
 def shape_of(x: Any) -> tuple[int, ...]:
@@ -191,7 +175,7 @@ class PeftMethod:
 
     def is_peft_path(self, path: str) -> bool:
         names = self.peft_names()
-        return any(seg in names for seg in path.split("/"))
+        return any(seg in names for seg in split_path(path))
 
     def is_head(self, path: str) -> bool:
         return bool(self._head_rx and self._head_rx.search(path))

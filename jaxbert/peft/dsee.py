@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxbert.models.params import join_keys
 from jaxbert.peft.base import PeftError, flatten, match_paths, shape_of, unflatten
 from jaxbert.peft.lora import DEFAULT_TARGETS, LoRA, matrix_shape, module_of
 
@@ -122,12 +123,12 @@ class DSEE(LoRA):
                                     self.decomposition_iters)
             idx = jnp.sort(idx)
             m = module_of(p)
-            flat[f"{m}/dsee_index"] = jnp.stack([idx // fout, idx % fout], axis=1).astype(jnp.float32)
-            flat[f"{m}/dsee_values"] = jnp.zeros((self.num_sparse,), jnp.float32)
+            flat[join_keys((m, "dsee_index"))] = jnp.stack([idx // fout, idx % fout], axis=1).astype(jnp.float32)
+            flat[join_keys((m, "dsee_values"))] = jnp.zeros((self.num_sparse,), jnp.float32)
         if self.prune_sparsity > 0:
             base = {p: v for p, v in flat.items() if not self.is_peft_path(p)}
             for p in match_paths(base, self.prune_targets, "peft.dsee.prune_targets", min_ndim=2):
-                flat[f"{module_of(p)}/prune_mask"] = jnp.ones(shape_of(flat[p]), flat[p].dtype)
+                flat[join_keys((module_of(p), "prune_mask"))] = jnp.ones(shape_of(flat[p]), flat[p].dtype)
             if self.prune_at == 0:
                 flat = self._prune(flat)
         return unflatten(flat)
@@ -140,7 +141,7 @@ class DSEE(LoRA):
             w_path = self.target_of(flat, m)
             w = out[w_path]
             shape2d = matrix_shape(w_path, w.shape)
-            ds = sparse_delta(flat[path], flat[f"{m}/dsee_index"], shape2d).reshape(w.shape)
+            ds = sparse_delta(flat[path], flat[join_keys((m, "dsee_index"))], shape2d).reshape(w.shape)
             out[w_path] = (w.astype(jnp.float32) + ds).astype(w.dtype)
         return out
 

@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbert.models.params import dict_key_suffix, join_keys, split_path
 from jaxbert.peft.base import PeftError, PeftMethod, flatten, unflatten
 
 STAGES = ("epoch", "steps")
@@ -70,7 +71,7 @@ def _category(path: str) -> tuple[str, str] | None:
     """``(group, member)`` of a leaf, or None (outside every category)."""
     m = _LAYER.search(path)
     if m:
-        layer, rest = m.group(1), m.group(2).split("/")
+        layer, rest = m.group(1), split_path(m.group(2))
         head = rest[0]
         if head == "attention":
             return f"layer_{layer}/attention", rest[1] if len(rest) > 2 else head
@@ -78,7 +79,7 @@ def _category(path: str) -> tuple[str, str] | None:
             return f"layer_{layer}/mlp", rest[1] if len(rest) > 2 else head
         if head.endswith("norm"):
             return f"layer_{layer}/norm", head
-        return f"layer_{layer}/other", "/".join(rest)
+        return f"layer_{layer}/other", join_keys(rest)
     m = re.search(r"(?:^|/)embeddings/([^/]+)/", path)
     if m:
         return "embeddings", m.group(1)
@@ -160,16 +161,11 @@ class HftState(NamedTuple):
 
 def _hold_frozen(old: Any, new: Any, mask: Any) -> Any:
     """Keep ``old`` for state leaves that belong to a frozen parameter (matched by trailing dict keys)."""
-    by_path = {tuple(p.split("/")): m for p, m in flatten(mask).items()}
+    by_path = {split_path(p): m for p, m in flatten(mask).items()}
     depth = max((len(k) for k in by_path), default=0)
 
     def one(path, o, n):
-        keys = []
-        for k in reversed(path):
-            if not hasattr(k, "key"):
-                break
-            keys.append(str(k.key))
-        keys = tuple(reversed(keys))
+        keys = dict_key_suffix(path)
         for d in range(min(depth, len(keys)), 0, -1):
             m = by_path.get(keys[-d:])
             if m is not None:

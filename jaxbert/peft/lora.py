@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxbert.models.params import join_keys, parent_path, split_path
 from jaxbert.peft.base import PeftError, PeftMethod, flatten, match_paths, shape_of, unflatten
 
 #: Leading kernel axes contracted with the input, by path regex (default 1).
@@ -58,7 +59,8 @@ def matrix_shape(path: str, shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def module_of(path: str) -> str:
-    return path.rsplit("/", 1)[0]
+    """The module path of a kernel path (``encoder/layer_0/attention/query``)."""
+    return parent_path(path)
 
 
 def lora_delta(a: jax.Array, b: jax.Array, scale: float, shape: tuple[int, ...]) -> jax.Array:
@@ -101,7 +103,7 @@ class LoRA(PeftMethod):
         """Base kernels matched by ``targets``, validated (error names the paths / shapes)."""
         hits = [p for p in match_paths({p: v for p, v in flat.items() if not self.is_peft_path(p)},
                                        self.targets, f"peft.{self.section}.targets", min_ndim=2)]
-        bad = [p for p in hits if p.rsplit("/", 1)[-1] not in ("kernel", "embedding")]
+        bad = [p for p in hits if split_path(p)[-1] not in ("kernel", "embedding")]
         if bad:
             raise PeftError(f"peft.{self.section}.targets={self.targets!r} matches {bad[0]}; it must select "
                             "weight matrices (leaves named 'kernel' or 'embedding'), e.g. "
@@ -119,15 +121,15 @@ class LoRA(PeftMethod):
         for i, p in enumerate(sorted(self.targets_of(flat))):
             fin, fout = matrix_shape(p, shape_of(flat[p]))
             m = module_of(p)
-            flat[f"{m}/lora_a"] = kaiming_uniform_a(jax.random.fold_in(rng, i), fin, self.rank)
-            flat[f"{m}/lora_b"] = jnp.zeros((self.rank, fout), jnp.float32)
+            flat[join_keys((m, "lora_a"))] = kaiming_uniform_a(jax.random.fold_in(rng, i), fin, self.rank)
+            flat[join_keys((m, "lora_b"))] = jnp.zeros((self.rank, fout), jnp.float32)
         return unflatten(flat)
 
     @staticmethod
     def target_of(flat: dict[str, Any], module: str) -> str:
         for leaf in ("kernel", "embedding"):
-            if f"{module}/{leaf}" in flat:
-                return f"{module}/{leaf}"
+            if join_keys((module, leaf)) in flat:
+                return join_keys((module, leaf))
         raise PeftError(f"LoRA leaves at {module}/ have no kernel or embedding next to them")
 
     def apply_lora(self, flat: dict[str, Any], rng=None, deterministic: bool = True) -> dict[str, Any]:
@@ -136,7 +138,7 @@ class LoRA(PeftMethod):
         for i, path in enumerate(sorted(p for p in flat if p.endswith("/lora_a"))):
             m = module_of(path)
             w_path = self.target_of(flat, m)
-            a, b = flat[path], flat[f"{m}/lora_b"]
+            a, b = flat[path], flat[join_keys((m, "lora_b"))]
             if not deterministic and self.dropout > 0 and rng is not None:
                 keep = jax.random.bernoulli(jax.random.fold_in(rng, i), 1.0 - self.dropout, (a.shape[0], 1))
                 a = jnp.where(keep, a / (1.0 - self.dropout), 0.0)
@@ -163,9 +165,8 @@ def unmerge(merged: Any, lora_params: Any, method: LoRA) -> Any:
     out = dict(flat)
     for path in (p for p in lf if p.endswith("/lora_a")):
         m = module_of(path)
-        w_path = LoRA.target_of(flat, m)
+        w_path, b_path = LoRA.target_of(flat, m), join_keys((m, "lora_b"))
         w = flat[w_path]
-        out[w_path] = (w.astype(jnp.float32) - lora_delta(lf[path], lf[f"{m}/lora_b"], method.scale, w.shape)
-                       ).astype(w.dtype)
-        out[path], out[f"{m}/lora_b"] = lf[path], lf[f"{m}/lora_b"]
+        out[w_path] = (w.astype(jnp.float32) - lora_delta(lf[path], lf[b_path], method.scale, w.shape)).astype(w.dtype)
+        out[path], out[b_path] = lf[path], lf[b_path]
     return unflatten(out)

@@ -18,6 +18,8 @@ from jaxbert.peft import PeftError, flatten, unflatten
 from jaxbert.peft.dsee import DSEE, godec_support, magnitude_mask
 from jaxbert.peft.lora import LoRA, merge, unmerge
 
+from _configs import peft_config
+
 SAMPLE = {"input_ids": np.array([[101, 7, 8, 9, 10, 102, 0, 0], [101, 11, 12, 102, 0, 0, 0, 0]], np.int32),
           "attention_mask": np.array([[1] * 6 + [0] * 2, [1] * 4 + [0] * 4], np.int32)}
 
@@ -32,11 +34,7 @@ def tiny():
 
 def _attach(tiny, method_name, **opts):
     cfg, model, params = tiny
-    pc = peft.default_config()
-    pc.method = method_name
-    for k, v in opts.items():
-        pc[peft.METHODS[method_name].section][k] = v
-    att = peft.attach(model, peft.build(pc, cfg), params, SAMPLE, seed=0)
+    att = peft.attach(model, peft.build(peft_config(method_name, **opts), cfg), params, SAMPLE, seed=0)
     return att.model, att.params
 
 

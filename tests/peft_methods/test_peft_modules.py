@@ -20,6 +20,8 @@ from jaxbert.models import build_task_model, registry
 from jaxbert.peft import PeftError, flatten, unflatten
 from jaxbert.peft.checkpoint import load_adapter, save_adapter
 
+from _configs import peft_config
+
 SAMPLE = {"input_ids": np.array([[101, 7, 8, 9, 10, 102, 0, 0], [101, 11, 12, 102, 0, 0, 0, 0]], np.int32),
           "attention_mask": np.array([[1] * 6 + [0] * 2, [1] * 4 + [0] * 4], np.int32)}
 
@@ -40,11 +42,7 @@ def tiny():
 
 def _attach(tiny, name, **opts):
     cfg, model, params = tiny[:3]
-    pc = peft.default_config()
-    pc.method = name
-    for k, v in opts.items():
-        pc[peft.METHODS[name].section][k] = v
-    att = peft.attach(model, peft.build(pc, cfg), params, SAMPLE, seed=0)
+    att = peft.attach(model, peft.build(peft_config(name, **opts), cfg), params, SAMPLE, seed=0)
     return att.model, att.params
 
 

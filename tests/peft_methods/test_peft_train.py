@@ -5,7 +5,6 @@ and one end-to-end Trainer run whose adapter checkpoint restores the same predic
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import flax.linen as nn
@@ -23,7 +22,7 @@ from jaxbert.train.optim import default_optim_config, make_optimizer
 from jaxbert.train.state import TrainState
 from jaxbert.train.step import make_train_step
 
-from conftest import read_jsonl
+from _configs import peft_config, write_small_trec
 
 B, L = 4, 8
 BATCH = {"input_ids": np.tile(np.array([[101, 7, 8, 9, 10, 102, 0, 0]], np.int32), (B, 1)) + np.arange(B)[:, None] * (
@@ -72,11 +71,7 @@ def _train(model, params, tx, steps):
 ])
 def test_frozen_leaves_bitwise_unchanged(tiny, name, opts):
     cfg, model, base, sample = tiny
-    pc = peft.default_config()
-    pc.method = name
-    for k, v in opts.items():
-        pc[peft.METHODS[name].section][k] = v
-    att = peft.attach(model, peft.build(pc, cfg), base, sample, seed=0)
+    att = peft.attach(model, peft.build(peft_config(name, **opts), cfg), base, sample, seed=0)
     labels = att.model.method.labels(att.params)
     tx, info = make_optimizer(_optim(), att.params, labels=labels)
     states, _ = _train(att.model, att.params, tx, 3)
@@ -156,12 +151,7 @@ def test_hft_optimizer_masks_and_stages_without_recompile(tiny):
 
 @pytest.fixture(scope="module")
 def small_trec(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("peftdata")
-    (root / "trec").mkdir()
-    for name, n in (("train.jsonl", 96), ("test.jsonl", 24)):
-        rows = read_jsonl(data_dir / "trec" / name, n)
-        (root / "trec" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_small_trec(tmp_path_factory.mktemp("peftdata"), data_dir, 96, 24)
 
 
 def test_trainer_lora_run_writes_adapter_that_restores_predictions(small_trec, monkeypatch, tmp_path):

@@ -13,6 +13,8 @@ import pytest
 
 from jaxbert.tasks import get_task
 
+from _configs import small_contrastive_run
+
 
 def _config(tmp_path, data_dir, args="wordnet,tiny,runlocal", n_pairs=64):
     from experiments.configs.sentence_embedding import get_config, pair_file
@@ -21,19 +23,10 @@ def _config(tmp_path, data_dir, args="wordnet,tiny,runlocal", n_pairs=64):
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     c = get_config(args)
     c.data.train = str(train)
-    c.evals.wordnet.corpus_limit = 60
-    c.evals.wordnet.query_limit = 20
     c.eval_splits = ("wordnet", "lee")
     c.model.overrides.hidden_dropout_prob = 0.0
     c.model.overrides.attention_probs_dropout_prob = 0.0
-    c.num_train_steps = 3
-    c.batch_size = 8
-    c.eval_batch_size = 32
-    c.data.eval_max_length = 64
-    c.progress = False
-    c.tensorboard = False
-    c.log_every = 1
-    return c
+    return small_contrastive_run(c)
 
 
 def test_trainer_mnrl_gradcache_matryoshka_end_to_end(tmp_path, data_dir, minilm_dir):

@@ -20,6 +20,8 @@ import pytest
 
 from jaxbert.tasks import get_task
 
+from _configs import small_contrastive_run
+
 
 def _sample(src: str, dst: Path, n: int) -> Path:
     """A seeded sample of ``n`` records of ``src`` (so every label / domain appears)."""
@@ -31,16 +33,7 @@ def _sample(src: str, dst: Path, n: int) -> Path:
 def _small(c, tmp_path: Path, n_pairs: int = 48):
     """Shrink a ``tiny,runlocal`` config further: a pair sample, 3 steps, small eval sets."""
     c.data.train = str(_sample(c.data.train, tmp_path / "pairs.jsonl", n_pairs))
-    if "wordnet" in c.evals:
-        c.evals.wordnet.corpus_limit, c.evals.wordnet.query_limit = 60, 20
-    c.num_train_steps = 3
-    c.batch_size = 8
-    c.eval_batch_size = 32
-    c.data.eval_max_length = 64
-    c.progress = False
-    c.tensorboard = False
-    c.log_every = 1
-    return c
+    return small_contrastive_run(c)
 
 
 def _check_run(workdir: Path, metrics: dict[str, str]) -> dict:

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from _configs import trec_run_config, write_small_trec
 from conftest import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,27 +28,11 @@ CONFIG = "experiments/configs/finetune_classification.py"
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("data")
-    (root / "trec").mkdir()
-    for name, n in (("train.jsonl", 200), ("test.jsonl", 40)):
-        rows = read_jsonl(data_dir / "trec" / name, n)
-        (root / "trec" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_small_trec(tmp_path_factory.mktemp("data"), data_dir, 200, 40)
 
 
 def _config(small_data, **overrides):
-    from experiments.configs.finetune_classification import get_config
-    c = get_config("trec,tiny,runlocal")
-    c.data.train, c.data.test = str(small_data / "trec/train.jsonl"), str(small_data / "trec/test.jsonl")
-    c.num_train_steps, c.log_every, c.checkpoint.every = 4, 1, 2
-    c.export_hf = c.tensorboard = c.progress = False
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return c
+    return trec_run_config(small_data, **{"num_train_steps": 4, "log_every": 1, "checkpoint.every": 2, **overrides})
 
 
 def _snapshot(workdir: Path) -> dict[int, dict[str, np.ndarray]]:

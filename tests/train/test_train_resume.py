@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import read_jsonl
+from _configs import trec_run_config, write_small_trec
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "experiments/configs/finetune_classification.py"
@@ -35,12 +35,7 @@ TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "learning_rate")
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory, data_dir):
     """A ``$JAXBERT_DATA`` with small trec files (same label set), so eval stays cheap."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "trec").mkdir()
-    for name, n in (("train.jsonl", 300), ("test.jsonl", 40)):
-        rows = read_jsonl(data_dir / "trec" / name, n)
-        (root / "trec" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_small_trec(tmp_path_factory.mktemp("data"), data_dir, 300, 40)
 
 
 def _cmd(workdir: Path, *extra: str) -> list[str]:
@@ -175,17 +170,11 @@ def test_dropout_is_on():
 
 def test_frozen_leaves_and_layerwise_decay_in_training(tmp_path, small_data):
     import flax.linen as nn
-    from experiments.configs.finetune_classification import get_config
     from jaxbert.train.loop import Trainer
     from jaxbert.train.optim import lr_multipliers, path_str
 
-    c = get_config("trec,tiny,runlocal")
-    c.data.train, c.data.test = str(small_data / "trec/train.jsonl"), str(small_data / "trec/test.jsonl")
-    c.num_train_steps = 3
-    c.optim.freeze_embeddings = True
-    c.optim.freeze_lower_layers = 1
-    c.optim.layerwise_lr_decay = 0.8
-    c.export_hf = c.tensorboard = c.progress = False
+    c = trec_run_config(small_data, **{"num_train_steps": 3, "optim.freeze_embeddings": True,
+                                       "optim.freeze_lower_layers": 1, "optim.layerwise_lr_decay": 0.8})
 
     trainer = Trainer(c, tmp_path)
     flat = lambda tree: {path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}

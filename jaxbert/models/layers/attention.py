@@ -142,6 +142,25 @@ def _reference_attention(query: jax.Array, key: jax.Array, value: jax.Array, mas
     return jnp.swapaxes(out.astype(dtype), 1, 2)
 
 
+def prepend_kv_prefix(kv_prefix: tuple[jax.Array, jax.Array], k: jax.Array, v: jax.Array,
+                      mask: jax.Array | None = None, bias: jax.Array | None = None):
+    """Put the prefix keys/values ``(pk, pv)`` ``[b, p, heads, kv]`` before ``k``, ``v`` ``[b, l, heads, kv]``.
+
+    The seam prefix tuning uses: every query may attend to the ``p`` prefix positions, so
+    ``mask [b, h, q, l]`` gains ``p`` True columns and ``bias`` ``p`` zero columns in front (both
+    may be None). Returns ``(k, v, mask, bias)`` with key length ``p + l``.
+    """
+    pk, pv = kv_prefix
+    p = pk.shape[1]
+    k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
+    v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
+    if mask is not None:
+        mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (p,), bool), mask], axis=-1)
+    if bias is not None:
+        bias = jnp.concatenate([jnp.zeros(bias.shape[:-1] + (p,), bias.dtype), bias], axis=-1)
+    return k, v, mask, bias
+
+
 def select_queries(t: jax.Array, query_index: jax.Array | None, axis: int = 1,
                    first_token_only: bool = False) -> jax.Array:
     """The kept query rows of ``t`` along ``axis``: ``query_index [b, k]`` (int) -> ``k`` rows per batch row.
@@ -218,13 +237,7 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rope(q, qcos, qsin), apply_rope(k, *rope)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         if kv_prefix is not None:
-            pk, pv = kv_prefix
-            k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
-            v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-            if mask is not None:
-                mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (pk.shape[1],), bool), mask], axis=-1)
-            if bias is not None:
-                bias = jnp.concatenate([jnp.zeros(bias.shape[:-1] + (pk.shape[1],), bias.dtype), bias], axis=-1)
+            k, v, mask, bias = prepend_kv_prefix(kv_prefix, k, v, mask, bias)
         dropout_rng = None
         if self.dropout_rate > 0.0 and not deterministic:
             dropout_rng = self.make_rng("dropout")

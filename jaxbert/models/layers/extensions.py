@@ -22,7 +22,7 @@ An extension's parameters live under the module that calls it, named ``extension
 other parameter. With no extensions the parameter tree is exactly the plain model's.
 
 Blocks call the sites through the helpers below, from one place per block kind (the encoder
-block, the M2 block, the LLM decoder block): :func:`prefix_kv` for ``attention_kv``,
+block, the M2 block, the LLM decoder block, the mixture-of-experts block): :func:`prefix_kv` for ``attention_kv``,
 :func:`apply_site` for ``after_attention`` / ``after_mlp``, :func:`embedding_modules` and
 :func:`apply_embeddings` for ``embeddings``. They must be called inside a Linen ``compact``
 method (or ``setup`` for :func:`embedding_modules`): the extension modules become children of

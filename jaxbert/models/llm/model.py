@@ -59,25 +59,23 @@ from flax.core import meta
 
 from jaxbert.models.layers import extensions
 from jaxbert.models.layers import positions as pos_lib
-from jaxbert.models.layers.activations import ACTIVATIONS, get_activation
-from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, causal_mask, combine_masks,
-                                             dot_product_attention, padding_mask, segment_mask)
+from jaxbert.models.config_base import ConfigMixin, check_choice, check_execution_fields
+from jaxbert.models.layers.activations import get_activation
+from jaxbert.models.layers.attention import (causal_mask, combine_masks, dot_product_attention, padding_mask,
+                                             prepend_kv_prefix, segment_mask)
 from jaxbert.models.layers.initializers import dense_init
-from jaxbert.models.layers.linear import DOT_GENERALS, DenseND, get_dot_general
+from jaxbert.models.layers.linear import DenseND, get_dot_general
 from jaxbert.models.layers.norms import make_norm
-from jaxbert.models.transformer.model import DTYPES, segment_positions
+from jaxbert.models.layers.stack import block_stack
+from jaxbert.models.transformer.model import segment_positions
 
 ATTENTION_MODES = ("causal", "bidirectional")
 ROPE_TYPES = ("default", "linear", "llama3")
 LLM_MODEL_TYPES = ("llama", "qwen2")
 
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; expected one of {allowed}")
-
 
 @dataclasses.dataclass(frozen=True)
-class LlmConfig:
+class LlmConfig(ConfigMixin):
     """Hyper-parameters of a Llama-family decoder; field names follow transformers' ``LlamaConfig``.
 
     ``attention_mode`` is the default of :class:`LlmModel` calls (each call may override it).
@@ -121,13 +119,9 @@ class LlmConfig:
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):  # accept a dict, store a hashable tuple
             object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())) or None)
-        _choice("model_type", self.model_type, LLM_MODEL_TYPES)
-        _choice("attention_mode", self.attention_mode, ATTENTION_MODES)
-        _choice("hidden_act", self.hidden_act, tuple(sorted(ACTIVATIONS)))
-        _choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
-        _choice("dot_general", self.dot_general, tuple(sorted(DOT_GENERALS)))
-        for field in ("dtype", "param_dtype"):
-            _choice(field, getattr(self, field), tuple(sorted(DTYPES)))
+        check_choice("model_type", self.model_type, LLM_MODEL_TYPES)
+        check_choice("attention_mode", self.attention_mode, ATTENTION_MODES)
+        check_execution_fields(self)
         if self.head_dim_override is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
                              f"{self.num_attention_heads} (set head_dim_override)")
@@ -137,7 +131,7 @@ class LlmConfig:
         if self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got head_dim={self.head_dim}")
         rope_type = self.rope_scaling_dict.get("rope_type", "default")
-        _choice("rope_scaling rope_type", rope_type, ROPE_TYPES)
+        check_choice("rope_scaling rope_type", rope_type, ROPE_TYPES)
         if rope_type in ("linear", "llama3") and "factor" not in self.rope_scaling_dict:
             raise ValueError(f"rope_scaling of type {rope_type!r} needs a 'factor'")
 
@@ -152,14 +146,6 @@ class LlmConfig:
         return self.head_dim_override or self.hidden_size // self.num_attention_heads
 
     @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def storage_dtype(self):
-        return DTYPES[self.param_dtype]
-
-    @property
     def rope_scaling_dict(self) -> dict[str, Any]:
         return dict(self.rope_scaling or ())
 
@@ -172,13 +158,9 @@ class LlmConfig:
     def attention_probs_dropout_prob(self) -> float:
         return self.attention_dropout
 
-    def replace(self, **changes: Any) -> "LlmConfig":
-        return dataclasses.replace(self, **changes)
-
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extensions"}
+        out = super().to_dict()
         out["rope_scaling"] = self.rope_scaling_dict or None
-        out["extensions"] = [{"type": type(e).__name__, **dataclasses.asdict(e)} for e in self.extensions]
         return out
 
     def param_count(self) -> int:
@@ -353,11 +335,7 @@ class LlmAttention(nn.Module):
             kk, v = jnp.repeat(kk, h // k, axis=2), jnp.repeat(v, h // k, axis=2)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         if kv_prefix is not None:
-            pk, pv = kv_prefix
-            kk = jnp.concatenate([pk.astype(kk.dtype), kk], axis=1)
-            v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
-            if mask is not None:
-                mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (pk.shape[1],), bool), mask], axis=-1)
+            kk, v, mask, _ = prepend_kv_prefix(kv_prefix, kk, v, mask)
         dropout_rng = None
         if cfg.attention_dropout > 0.0 and not deterministic:
             dropout_rng = self.make_rng("dropout")
@@ -424,8 +402,7 @@ class LlmModel(nn.Module):
     def setup(self):
         cfg = self.config
         self.embeddings = _Embeddings(cfg)
-        block = nn.remat(LlmBlock, static_argnums=(5,)) if cfg.remat else LlmBlock
-        self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+        self.layers = block_stack(LlmBlock, cfg, remat_static_argnums=(5,))
         self.embedding_extensions = extensions.embedding_modules(cfg)
         self.final_norm = _norm(cfg, "final_norm")
         if not cfg.tie_word_embeddings:
@@ -438,7 +415,7 @@ class LlmModel(nn.Module):
                  output_hidden_states: bool = False, return_logits: bool = False) -> LlmOutput:
         cfg = self.config
         mode = cfg.attention_mode if attention_mode is None else attention_mode
-        _choice("attention_mode", mode, ATTENTION_MODES)
+        check_choice("attention_mode", mode, ATTENTION_MODES)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
         b, l = input_ids.shape

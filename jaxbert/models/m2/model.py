@@ -79,19 +79,21 @@ import jax.numpy as jnp
 import flax.linen as nn
 from flax.core import meta
 
+from jaxbert.models.config_base import ConfigMixin, check_choice, check_execution_fields
 from jaxbert.models.layers import extensions
-from jaxbert.models.layers.activations import ACTIVATIONS, get_activation
+from jaxbert.models.layers.activations import get_activation
 from jaxbert.models.layers.hyena import HyenaFilter, ShortConv
 from jaxbert.models.layers.linear import DenseND
 from jaxbert.models.layers.monarch import BlockdiagLinear, MonarchLinear
 from jaxbert.models.layers.norms import layer_norm
-from jaxbert.models.transformer.model import DTYPES, EncoderEmbeddings, EncoderOutput, Pooler
+from jaxbert.models.layers.stack import block_stack
+from jaxbert.models.transformer.model import EncoderEmbeddings, EncoderOutput, Pooler
 
 MLP_LINEARS = ("blockdiag", "monarch", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
-class M2Config:
+class M2Config(ConfigMixin):
     """Hyper-parameters of an M2-BERT encoder; names follow the reference's ``BertConfig`` extensions.
 
     BERT fields (``vocab_size``, ``hidden_size``, ``hidden_act``, dropout, ``layer_norm_eps``, ...)
@@ -139,13 +141,8 @@ class M2Config:
     model_type: str = "m2_bert"
 
     def __post_init__(self):
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; known: {sorted(ACTIVATIONS)}")
-        for field in ("dtype", "param_dtype"):
-            if getattr(self, field) not in DTYPES:
-                raise ValueError(f"{field}={getattr(self, field)!r}; expected one of {sorted(DTYPES)}")
-        if self.mlp_linear not in MLP_LINEARS:
-            raise ValueError(f"mlp_linear={self.mlp_linear!r}; expected one of {MLP_LINEARS}")
+        check_execution_fields(self)
+        check_choice("mlp_linear", self.mlp_linear, MLP_LINEARS)
         if self.hyena_emb_dim < 3 or self.hyena_emb_dim % 2 == 0:
             raise ValueError(f"hyena_emb_dim must be odd and >= 3 (time, cosine and sine bands), got "
                              f"{self.hyena_emb_dim}")
@@ -168,14 +165,6 @@ class M2Config:
     def filter_l_max(self) -> int:
         return self.max_position_embeddings if self.long_conv_l_max is None else self.long_conv_l_max
 
-    @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def storage_dtype(self):
-        return DTYPES[self.param_dtype]
-
     def replace(self, **changes: Any) -> "M2Config":
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - names)
@@ -184,11 +173,6 @@ class M2Config:
             raise ValueError(f"M2Config has no field(s) {unknown} (close: {hints}); M2 has no attention, so "
                              "attention options do not apply")
         return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extensions"}
-        out["extensions"] = [{"type": type(e).__name__, **dataclasses.asdict(e)} for e in self.extensions]
-        return out
 
     # -- config.json in the reference's names (HazyResearch/m2 ``configuration_bert.BertConfig``)
     HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "hidden_act",
@@ -366,8 +350,7 @@ class M2Model(nn.Module):
     def setup(self):
         cfg = self.config
         self.embeddings = EncoderEmbeddings(cfg)
-        block = nn.remat(M2Block, static_argnums=(3,)) if cfg.remat else M2Block
-        self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+        self.layers = block_stack(M2Block, cfg, remat_static_argnums=(3,))
         self.embedding_extensions = extensions.embedding_modules(cfg)
         if cfg.add_pooling_layer:
             self.pooler = Pooler(cfg)
@@ -411,9 +394,9 @@ def non_embedding_param_count(params: Any) -> int:
     """Parameters under ``layer_*`` (the encoder body without embeddings, pooler or heads) of a param tree."""
     import math
 
-    from flax import traverse_util
-    flat = traverse_util.flatten_dict(meta.unbox(params))
-    return int(sum(math.prod(v.shape) for k, v in flat.items() if any(str(p).startswith("layer_") for p in k)))
+    from jaxbert.models.params import flat_paths, split_path
+    flat = flat_paths(meta.unbox(params))
+    return int(sum(math.prod(v.shape) for p, v in flat.items() if any(k.startswith("layer_") for k in split_path(p))))
 
 
 def config_from_dict(d: dict[str, Any]) -> M2Config:

@@ -66,19 +66,19 @@ import flax.linen as nn
 from flax import struct
 from flax.core import meta
 
+# DTYPES is re-exported (bert/model.py imports it from here)
+from jaxbert.models.config_base import DTYPES, ConfigMixin, check_choice, check_execution_fields  # noqa: F401
 from jaxbert.models.layers import extensions
 from jaxbert.models.layers import positions as pos_lib
 from jaxbert.models.layers import unpad as unpad_lib
-from jaxbert.models.layers.activations import ACTIVATIONS
-from jaxbert.models.layers.attention import (ATTENTION_IMPLEMENTATIONS, ATTENTION_KINDS, combine_masks,
-                                             get_attention_kind, padding_mask, segment_mask, select_queries)
+from jaxbert.models.layers.attention import (ATTENTION_KINDS, combine_masks, get_attention_kind, padding_mask,
+                                             segment_mask, select_queries)
 from jaxbert.models.layers.dropout import Dropout
 from jaxbert.models.layers.initializers import dense_init, zeros_init
-from jaxbert.models.layers.linear import DOT_GENERALS, get_dot_general
+from jaxbert.models.layers.linear import get_dot_general
 from jaxbert.models.layers.mlp import GluMlp, Mlp
 from jaxbert.models.layers.norms import NORM_TYPES, make_norm
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from jaxbert.models.layers.stack import block_stack
 
 NORM_POSITIONS = ("post", "pre")
 POSITION_TYPES = ("absolute", "alibi", "rope", "none")
@@ -88,13 +88,8 @@ LAYER_TYPES = ("global", "sliding")
 QKV_LAYOUTS = ("separate", "fused")
 
 
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; expected one of {allowed}")
-
-
 @dataclasses.dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(ConfigMixin):
     """Hyper-parameters of the configurable encoder (see the module docstring for the switches).
 
     Field names that BERT configs share (``hidden_size``, ``hidden_act``, ``layer_norm_eps``,
@@ -172,21 +167,14 @@ class EncoderConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
                              f"num_attention_heads={self.num_attention_heads}")
-        _choice("norm_position", self.norm_position, NORM_POSITIONS)
-        _choice("norm_type", self.norm_type, NORM_TYPES)
-        _choice("position_embedding_type", self.position_embedding_type, POSITION_TYPES)
-        _choice("mlp_type", self.mlp_type, MLP_TYPES)
-        _choice("qkv_layout", self.qkv_layout, QKV_LAYOUTS)
-        _choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
-        _choice("attention_implementation", self.attention_implementation, ATTENTION_IMPLEMENTATIONS)
-        _choice("attention_kind", self.attention_kind, tuple(sorted(ATTENTION_KINDS)))
-        _choice("dot_general", self.dot_general, tuple(sorted(DOT_GENERALS)))
-        for field in ("hidden_act", "head_act", "classifier_pre_activation"):
-            if getattr(self, field) is None:
-                continue
-            _choice(field, getattr(self, field), tuple(sorted(ACTIVATIONS)))
-        for field in ("dtype", "param_dtype"):
-            _choice(field, getattr(self, field), tuple(sorted(DTYPES)))
+        check_choice("norm_position", self.norm_position, NORM_POSITIONS)
+        check_choice("norm_type", self.norm_type, NORM_TYPES)
+        check_choice("position_embedding_type", self.position_embedding_type, POSITION_TYPES)
+        check_choice("mlp_type", self.mlp_type, MLP_TYPES)
+        check_choice("qkv_layout", self.qkv_layout, QKV_LAYOUTS)
+        check_choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
+        check_choice("attention_kind", self.attention_kind, sorted(ATTENTION_KINDS))
+        check_execution_fields(self, ("hidden_act", "head_act", "classifier_pre_activation"))
         if self.position_embedding_type == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE rotates pairs of features and needs an even head dimension; "
                              f"hidden_size={self.hidden_size} / num_attention_heads={self.num_attention_heads} "
@@ -196,7 +184,7 @@ class EncoderConfig:
                 raise ValueError(f"layer_types has {len(self.layer_types)} entries for "
                                  f"num_hidden_layers={self.num_hidden_layers}")
             for t in self.layer_types:
-                _choice("layer_types entry", t, LAYER_TYPES)
+                check_choice("layer_types entry", t, LAYER_TYPES)
         if self.global_attn_every_n_layers < 1:
             raise ValueError(f"global_attn_every_n_layers must be >= 1, got {self.global_attn_every_n_layers}")
         if "sliding" in self.attention_layer_types:
@@ -221,14 +209,6 @@ class EncoderConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def storage_dtype(self):
-        return DTYPES[self.param_dtype]
-
-    @property
     def attention_layer_types(self) -> tuple[str, ...]:
         """``"global"`` / ``"sliding"`` per layer."""
         if self.layer_types is not None:
@@ -245,13 +225,9 @@ class EncoderConfig:
             return self.local_rope_theta
         return self.rope_theta
 
-    def replace(self, **changes: Any) -> "EncoderConfig":
-        return dataclasses.replace(self, **changes)
-
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extensions"}
+        out = super().to_dict()
         out["layer_types"] = list(self.layer_types) if self.layer_types is not None else None
-        out["extensions"] = [{"type": type(e).__name__, **dataclasses.asdict(e)} for e in self.extensions]
         return out
 
     def mlm_head_options(self) -> dict[str, Any]:
@@ -441,8 +417,7 @@ class Encoder(nn.Module):
     def setup(self):
         cfg = self.config
         self.embeddings = EncoderEmbeddings(cfg)
-        block = nn.remat(EncoderBlock, static_argnums=(3, 4)) if cfg.remat else EncoderBlock
-        self.layers = [block(cfg, i, name=f"layer_{i}") for i in range(cfg.num_hidden_layers)]
+        self.layers = block_stack(EncoderBlock, cfg, remat_static_argnums=(3, 4))
         self.embedding_extensions = extensions.embedding_modules(cfg)
         if cfg.final_norm:
             self.final_norm = _norm(cfg, "final_norm")
