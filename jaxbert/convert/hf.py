@@ -45,7 +45,7 @@ from jaxbert.convert.report import CheckpointMismatchError, LoadReport, preview
 from jaxbert.convert.rules import KeyTable
 from jaxbert.models import registry
 from jaxbert.models.architecture import ArchitectureSpec
-from jaxbert.models.params import SEP, join_keys
+from jaxbert.models.params import join_keys, split_path
 from jaxbert.models.task_models import TASKS, build_task_model
 
 
@@ -196,7 +196,7 @@ def hf_to_params(hf_state: dict[str, np.ndarray], config: Any, template: dict, t
         report.hints.extend(_unplaced_hints(converted, layers_seen, config))
     if strict and report.has_problems():
         raise CheckpointMismatchError("checkpoint does not match the model:\n" + report.problems())
-    params = traverse_util.unflatten_dict({tuple(k.split(SEP)): v for k, v in out.items()})
+    params = traverse_util.unflatten_dict({split_path(k): v for k, v in out.items()})
     return params, report
 
 

@@ -226,14 +226,10 @@ class ContrastiveTask(Task):
         self.attach_peft(config)
 
     def check_peft(self, method) -> None:
-        """Soft prompts are refused (the pooling reads the un-prompted mask); MoE experts have no extension sites."""
+        """Soft prompts are refused (the pooling reads the un-prompted mask); the MoE blocks have the extension sites."""
         from jaxbert.peft import PeftError
         super().check_peft(method)
         exts = tuple(method.extensions())
-        if self.domains and exts:
-            raise PeftError(f"task 'contrastive' with contrastive.domains (mixture-of-experts backbone): "
-                            f"peft.method={method.name!r} inserts modules, but the MoE blocks have no extension "
-                            "sites; use lora, bitfit, lightweight, dsee or hft")
         if any(e.site == "embeddings" for e in exts):
             raise PeftError(f"task 'contrastive': peft.method={method.name!r} inserts soft-prompt tokens, which the "
                             "sentence pooling (over the input's attention mask) cannot see; use lora, an adapter, "

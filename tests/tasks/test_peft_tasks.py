@@ -226,6 +226,22 @@ def test_lora_is_honoured_by_sequence_and_embedding_tasks(task_name, minilm_dir,
         print(f"\n[peft-tasks] {task_name} lora: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 
+def test_adapter_trains_the_moe_contrastive_task(minilm_dir, data_dir):
+    """The mixture-of-experts embedder has the extension sites: the contrastive task with
+    contrastive.domains accepts a module method; adapters and the router train, the experts stay."""
+    c = _recipe("sentence_embedding", "moe,tiny,runlocal")
+    c.eval_splits = ()
+    task = get_task("contrastive")(_with_peft(c, "houlsby"))
+    losses, before, after, labels = train_fixed_batch(task, steps=4)
+    adapters = [p for p in after if "/adapter_" in p]
+    assert adapters and any(not np.array_equal(after[p], before[p]) for p in adapters)
+    assert any("router" in p and labels[p] != peft.FROZEN for p in labels)
+    for p in labels:
+        if labels[p] == peft.FROZEN:
+            np.testing.assert_array_equal(np.asarray(after[p]), np.asarray(before[p]), err_msg=p)
+    assert losses[-1] < losses[0], losses
+
+
 def test_contrastive_refuses_soft_prompt(minilm_dir, data_dir):
     c = _with_peft(_contrastive_config(), "prompt", length=2, init_from="random")
     with pytest.raises(PeftError, match=r"task 'contrastive': peft.method='prompt' inserts soft-prompt tokens"):
