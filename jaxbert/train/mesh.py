@@ -20,7 +20,6 @@ from typing import Any, Iterable, Sequence
 
 import jax
 import numpy as np
-import flax.linen as nn
 from flax.core import meta
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 

@@ -6,7 +6,6 @@ All masks are boolean ``[b, 1|h, q, k]`` with True = may attend.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
