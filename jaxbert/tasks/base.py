@@ -191,7 +191,7 @@ class Task:
     @classmethod
     def config_rules(cls) -> tuple:
         """Allowed ranges of this task's numeric section keys
-        (:class:`jaxbert.train.config_checks.Rule`; checked with the engine's by ``check_config``)."""
+        (:class:`jaxbert.config_rules.Rule`; checked with the engine's by ``check_config``)."""
         return ()
 
     # ------------------------------------------------------------------ loading

@@ -52,7 +52,7 @@ class ClassificationTask(Task):
 
     @classmethod
     def config_rules(cls) -> tuple:
-        from jaxbert.train.config_checks import number_in  # pylint: disable=import-outside-toplevel
+        from jaxbert.config_rules import number_in  # pylint: disable=import-outside-toplevel
         return (number_in("label_smoothing", 0, 1, "mass spread over the other classes", high_open=True),)
 
     def __init__(self, config: Any):

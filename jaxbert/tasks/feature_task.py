@@ -76,7 +76,7 @@ class FeatureTask(Task):
     @classmethod
     def config_rules(cls) -> tuple:
         """Ranges of the keys above (subclasses add theirs to these)."""
-        from jaxbert.train.config_checks import int_at_least  # pylint: disable=import-outside-toplevel
+        from jaxbert.config_rules import int_at_least  # pylint: disable=import-outside-toplevel
         return (int_at_least("data.train_subset", 1, "records trained on", none_ok=True),
                 int_at_least("data.group_by_length", 1, "batches sorted together by length", none_ok=True))
 

@@ -344,7 +344,7 @@ class MaskedLMTask(Task):
 
     @classmethod
     def config_rules(cls) -> tuple:
-        from jaxbert.train.config_checks import int_at_least, number_in  # pylint: disable=import-outside-toplevel
+        from jaxbert.config_rules import int_at_least, number_in  # pylint: disable=import-outside-toplevel
         return (number_in("mlm.rate", 0, 1, "fraction of maskable tokens predicted", low_open=True),
                 number_in("mlm.eval_rate", 0, 1, "held-out masking rate", low_open=True, none_ok=True),
                 number_in("mlm.mask_prob", 0, 1, "chosen units replaced by [MASK]"),

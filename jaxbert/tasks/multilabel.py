@@ -125,7 +125,7 @@ class MultiLabelTask(FeatureTask):
 
     @classmethod
     def config_rules(cls) -> tuple:
-        from jaxbert.train.config_checks import number_in  # pylint: disable=import-outside-toplevel
+        from jaxbert.config_rules import number_in  # pylint: disable=import-outside-toplevel
         return super().config_rules() + (
             number_in("multilabel.default_threshold", 0, 1, "probability above which a label is on"),)
 

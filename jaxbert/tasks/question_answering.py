@@ -185,7 +185,7 @@ class QuestionAnsweringTask(FeatureTask):
 
     @classmethod
     def config_rules(cls) -> tuple:
-        from jaxbert.train.config_checks import int_at_least  # pylint: disable=import-outside-toplevel
+        from jaxbert.config_rules import int_at_least  # pylint: disable=import-outside-toplevel
         return super().config_rules() + (
             int_at_least("qa.doc_stride", 0, "tokens of overlap between windows of a long context"),
             int_at_least("qa.max_query_length", 1, "question tokens kept"),
