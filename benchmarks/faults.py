@@ -137,10 +137,23 @@ def saving(step: int | None = None) -> Callable[[Path], bool]:
 
 
 def in_final_eval(workdir: Path) -> bool:
-    """The last train row (step TOTAL) is logged and no evaluation row of that step yet."""
+    """The last train row (step TOTAL) is logged, no evaluation row of that step yet, and the
+    final evaluation has begun: a launcher that checkpoints the final state first has finalized
+    step TOTAL (before that moment the kill would land in the save, not the evaluation); one that
+    saves only after the evaluation has no step TOTAL, so a second after the train row counts."""
     rows = metrics_rows(workdir)
-    return (any(r.get("split") == "train" and r.get("step") == TOTAL for r in rows)
-            and not any(r.get("split") != "train" and r.get("step") == TOTAL for r in rows))
+    if not (any(r.get("split") == "train" and r.get("step") == TOTAL for r in rows)
+            and not any(r.get("split") != "train" and r.get("step") == TOTAL for r in rows)):
+        return False
+    step_dir = workdir / "checkpoints" / str(TOTAL)
+    if (step_dir / "_CHECKPOINT_METADATA").exists():
+        return True
+    if saving(TOTAL)(workdir) or step_dir.exists():
+        return False
+    try:
+        return time.time() - (workdir / "metrics.jsonl").stat().st_mtime > 1.0
+    except FileNotFoundError:
+        return False
 
 
 def in_export(workdir: Path) -> bool:
