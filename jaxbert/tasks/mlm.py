@@ -218,7 +218,7 @@ class MaskedLMTask(Task):
         if self.max_length > getattr(cfg, "max_position_embeddings", self.max_length):
             raise ValueError(f"data.max_length={self.max_length} exceeds the model's max_position_embeddings="
                              f"{cfg.max_position_embeddings}")
-        check_vocab(tok, cfg.vocab_size)
+        check_vocab(tok, cfg.vocab_size, pretrained=loaded is not None)
         if self.packed and not _supports_segments(backbone):
             raise ValueError(f"backbone {getattr(backbone, '__name__', backbone)} has no segment_ids argument, so "
                              "packed rows would attend across documents; set mlm.packing=False")
