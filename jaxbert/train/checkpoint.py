@@ -596,8 +596,9 @@ class Checkpointer:
             self._write_pending_manifests()
         return True
 
-    def record_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Attach ``metrics`` to the finalized ``step`` and re-apply retention with them.
+    def record_metrics(self, step: int, metrics: Mapping[str, Any],
+                       extra: Mapping[str, Any] | None = None) -> None:
+        """Attach ``metrics`` (and, given, a new ``extra``) to the finalized ``step``; re-apply retention.
 
         For a step saved before its evaluation (so that a failure or preemption during the
         evaluation cannot lose the trained state): its metrics are written into the step's
@@ -607,6 +608,10 @@ class Checkpointer:
         as if ``step`` had been saved with these metrics. Each file is replaced atomically; a
         crash in between leaves the step restorable (its metrics may be missing, which a rerun
         of the evaluation records again).
+
+        ``extra`` replaces the step's caller dict when the evaluation changed what it holds (a
+        task that tunes thresholds or calibration on validation): the restored step then carries
+        what the evaluation decided, as if it had been saved after it.
         """
         self._check_open()
         self.wait()
@@ -616,7 +621,14 @@ class Checkpointer:
             raise CheckpointError(f"cannot record metrics for step {step}: {self.step_dir(step)} {problem}")
         metrics = {str(k): _to_float(v) for k, v in metrics.items()}
         _check_json(metrics, "metrics")
+        if extra is not None:
+            extra = dict(extra)
+            _check_json(extra, "extra")
         if jax.process_index() == 0:
+            rewritten = [f"{META}/metadata"]
+            if extra is not None and extra != self._read_json(step, EXTRA):
+                _replace_text(self.step_dir(step) / EXTRA / "metadata", json.dumps(extra))
+                rewritten.append(f"{EXTRA}/metadata")
             meta = self._read_json(step, META)
             meta["metrics"] = metrics
             _replace_text(self.step_dir(step) / META / "metadata", json.dumps(meta))
@@ -625,7 +637,7 @@ class Checkpointer:
                 orbax_metrics.mkdir(exist_ok=True)
                 _replace_text(orbax_metrics / "metrics", json.dumps(metrics))
             # the rewritten files get new checksums (the step's other entries stay as saved)
-            integrity.update_manifest(self.step_dir(step), [f"{META}/metadata"]
+            integrity.update_manifest(self.step_dir(step), rewritten
                                       + (["metrics/metrics"] if self.best_metric is not None else []))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

@@ -225,7 +225,7 @@ class Trainer:
             try:
                 if only is None and self._periodic_eval_pending(ckpt, step):
                     # The state of an evaluation step was saved, its evaluation did not finish.
-                    if self._evaluate_step(state.params, writer, ckpt, step, stop) is None:
+                    if self._evaluate_step(state.params, writer, ckpt, step, stop, extra_fn) is None:
                         return self._preempted(result, step, "during the evaluation")
                 while only is None and step < self.total_steps:
                     batch = next(data_iter)
@@ -258,7 +258,7 @@ class Trainer:
                     periodic = cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < self.total_steps
                     if periodic or evaluate:  # saved before its evaluation: a failure there cannot lose it
                         ckpt.save(step, state, extra_fn(), force=True)
-                    if evaluate and self._evaluate_step(state.params, writer, ckpt, step, stop) is None:
+                    if evaluate and self._evaluate_step(state.params, writer, ckpt, step, stop, extra_fn) is None:
                         return self._preempted(result, step, "during the evaluation")
                     if stop():
                         ckpt.save(step, state, extra_fn(), force=True)
@@ -291,7 +291,7 @@ class Trainer:
         evaluated, exported = self._final_parts_done(step)
         if only == "eval" or (only is None and not evaluated):
             final = self._final_part("evaluation", "--eval_only", step, ckpt, lambda: self._evaluate_step(
-                state.params, writer, ckpt, step, stop))
+                state.params, writer, ckpt, step, stop, extra_fn))
             if final is None:
                 return self._preempted(result, step, "during the final evaluation")
             eval_results = self._write_eval_results(step, final)
@@ -306,9 +306,12 @@ class Trainer:
         result.update(status="done", step=step)
         return result
 
-    def _evaluate_step(self, params, writer: MetricsWriter, ckpt: Checkpointer, step: int, stop
+    def _evaluate_step(self, params, writer: MetricsWriter, ckpt: Checkpointer, step: int, stop, extra_fn
                        ) -> dict[str, float] | None:
         """Evaluate every split at ``step`` (its checkpoint already saved) and attach the metrics to it.
+
+        The step's ``extra`` is written again with the task's state after the evaluation (what it
+        tuned on validation, e.g. multi-label thresholds), so a restore gets what the export used.
 
         Returns None when preempted between batches (no metrics recorded; the rows written so
         far are dropped by the rerun, which evaluates ``step`` again).
@@ -318,7 +321,7 @@ class Trainer:
             metrics = self._eval_all(params, writer, step, stop)
         except _Preempted:
             return None
-        ckpt.record_metrics(step, metrics)
+        ckpt.record_metrics(step, metrics, extra=extra_fn())
         return metrics
 
     def _final_part(self, what: str, flag: str, step: int, ckpt: Checkpointer, fn):

@@ -422,6 +422,20 @@ def test_record_metrics_ranks_a_step_saved_without_them(tmp_path):
         assert ckpt.all_steps() == [3, 5]
 
 
+def test_record_metrics_replaces_extra_and_the_step_still_verifies(tmp_path):
+    """What an evaluation tuned (thresholds) reaches the step saved before it, checksums updated."""
+    from jaxbert.train.checkpoint import Checkpointer, abstract_like
+    state = {"w": jnp.arange(3.0)}
+    with Checkpointer(tmp_path, keep_last=2) as ckpt:
+        ckpt.save(1, state, {"data": {"pos": 4}, "thresholds": [0.5, 0.5]})
+        ckpt.record_metrics(1, {"acc": 0.7}, extra={"data": {"pos": 4}, "thresholds": [0.25, 0.75]})
+        assert ckpt.verify(1)
+    with Checkpointer(tmp_path, keep_last=2) as ckpt:
+        restored, extra = ckpt.restore(abstract_state=abstract_like(state))
+    assert extra == {"data": {"pos": 4}, "thresholds": [0.25, 0.75]}
+    assert np.array_equal(np.asarray(restored["w"]), np.arange(3.0))
+
+
 def test_drop_rows_removes_one_steps_eval_rows_only(tmp_path):
     from jaxbert.train.metrics import MetricsWriter
     w = MetricsWriter(tmp_path, tensorboard=False, progress=False)
