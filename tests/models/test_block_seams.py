@@ -210,3 +210,45 @@ def test_bert_is_the_configurable_block():
     assert (cfg.norm_position, cfg.position_embedding_type, cfg.qkv_layout, cfg.mlp_type) == (
         "post", "absolute", "separate", "mlp")
     assert EncoderConfig().first_token_shortcut is False  # MosaicBERT / ModernBERT keep their full last block
+
+
+class _ClippedDistanceBias(nn.Module):
+    """A relative-position kind for the test: one learned bias per head and clipped signed distance."""
+
+    config: object
+
+    @nn.compact
+    def __call__(self, q_positions, k_positions):
+        cfg, span = self.config, 4
+        table = self.param("embedding", nn.initializers.normal(1.0), (2 * span + 1, cfg.num_attention_heads))
+        d = jnp.clip(k_positions[:, None, :] - q_positions[:, :, None], -span, span) + span  # [b, q, k]
+        return {"bias": jnp.moveaxis(table[d], -1, 1)}  # [b, h, q, k]
+
+
+def test_relative_position_kind_is_built_once_and_read_by_every_layer():
+    from jaxbert.models.layers import relative
+    relative.register_relative_kind("test_clipped", _ClippedDistanceBias, replace=True)
+    with pytest.raises(ValueError, match="relative_positions='nope'.*test_clipped"):
+        registry.get("bert-tiny", relative_positions="nope")
+    cfg = registry.get("bert-tiny", vocab_size=64, num_hidden_layers=2, position_embedding_type="none",
+                       relative_positions="test_clipped")[0]
+    model = Encoder(cfg)
+    params = model.init(jax.random.key(0), IDS, MASK)["params"]
+    assert params["relative_positions"]["embedding"].shape == (9, cfg.num_attention_heads)
+    assert not any("relative" in k for k in params["layer_0"])  # one table for the encoder, not per layer
+    full = model.apply({"params": params}, IDS, MASK).last_hidden_state
+    # the table is what the layers read: zeroing it changes every real token's output
+    zeroed = {**params, "relative_positions": {"embedding": jnp.zeros_like(params["relative_positions"]["embedding"])}}
+    other = model.apply({"params": zeroed}, IDS, MASK).last_hidden_state
+    assert float(jnp.abs(other - full).max(-1)[MASK.astype(bool)].min()) > 1e-3
+    # kept queries and the [CLS]-only last block get the context at their own rows
+    index = jnp.asarray([[0, 3, 4, 11], [6, 1, 2, 2]], jnp.int32)
+    kept = model.apply({"params": params}, IDS, MASK, query_index=index).last_hidden_state
+    np.testing.assert_allclose(np.asarray(kept), np.asarray(jnp.take_along_axis(full, index[..., None], 1)), atol=1e-6)
+    short = Encoder(cfg.replace(first_token_shortcut=True)).apply({"params": params}, IDS, MASK,
+                                                                  first_token_only=True).last_hidden_state
+    np.testing.assert_allclose(np.asarray(short[:, 0]), np.asarray(full[:, 0]), atol=1e-6)
+    # unpadded execution works on position ids: the padded result at every real token
+    unpadded = Encoder(cfg.replace(unpad=True)).apply({"params": params}, IDS, MASK).last_hidden_state
+    real = MASK.astype(bool)
+    np.testing.assert_allclose(np.asarray(unpadded)[real], np.asarray(full)[real], atol=1e-5)

@@ -23,6 +23,8 @@ execution                    ``unpad`` (gather real tokens into a packed stream,
                              :mod:`jaxbert.models.layers.unpad`); ``attention_implementation``; ``dtype`` /
                              ``param_dtype``; ``remat``; ``first_token_shortcut`` ([CLS]-only last block)
 seams                        ``attention_kind`` (a name in ``layers/attention.ATTENTION_KINDS``),
+                             ``relative_positions`` (a name in ``layers/relative.RELATIVE_POSITION_KINDS``:
+                             an encoder-level module whose output every layer's attention reads),
                              ``dot_general`` (a name in ``layers/linear.DOT_GENERALS``: the matmul of every
                              attention projection and MLP layer), ``extensions`` (``layers/extensions``)
 ============================ ==========================================================================
@@ -53,6 +55,7 @@ its checkpoints load unchanged)::
     layer_{i}/mlp_norm/{scale[,bias]}            [embed]
     final_norm/{scale[,bias]}                    [embed]                 (final_norm)
     pooler/dense/{kernel,bias}                   (add_pooling_layer)
+    relative_positions/...                       (relative_positions: the kind's own parameters)
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from flax.core import meta
 from jaxbert.models.config_base import DTYPES, ConfigMixin, check_choice, check_execution_fields  # noqa: F401
 from jaxbert.models.layers import extensions
 from jaxbert.models.layers import positions as pos_lib
+from jaxbert.models.layers import relative as relative_lib
 from jaxbert.models.layers import unpad as unpad_lib
 from jaxbert.models.layers.attention import (ATTENTION_KINDS, combine_masks, get_attention_kind, padding_mask,
                                              segment_mask, select_queries)
@@ -157,6 +161,9 @@ class EncoderConfig(ConfigMixin):
     first_token_shortcut: bool = False
     # -- seams (names resolved through registries in jaxbert/models/layers, so configs stay JSON)
     attention_kind: str = "standard"  # layers/attention.py ATTENTION_KINDS
+    # layers/relative.py RELATIVE_POSITION_KINDS: an encoder-level module (MPNet's bucketed bias,
+    # DeBERTa's relative embeddings) whose output every layer's attention reads; None: none.
+    relative_positions: str | None = None
     dot_general: str = "standard"  # layers/linear.py DOT_GENERALS: every attention projection and MLP matmul
     # Modules inserted at the extension sites (adapters, prefixes, soft prompts); see
     # jaxbert/models/layers/extensions.py. Not part of the HF config.
@@ -174,6 +181,9 @@ class EncoderConfig(ConfigMixin):
         check_choice("qkv_layout", self.qkv_layout, QKV_LAYOUTS)
         check_choice("attention_pattern", self.attention_pattern, ATTENTION_PATTERNS)
         check_choice("attention_kind", self.attention_kind, sorted(ATTENTION_KINDS))
+        if self.relative_positions is not None:
+            check_choice("relative_positions", self.relative_positions,
+                         sorted(relative_lib.RELATIVE_POSITION_KINDS))
         check_execution_fields(self, ("hidden_act", "head_act", "classifier_pre_activation"))
         if self.position_embedding_type == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE rotates pairs of features and needs an even head dimension; "
@@ -341,9 +351,11 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool = True, first_token_only: bool = False, query_index=None,
-                 distance=None, rope=None):
+                 distance=None, rope=None, relative=None):
         """``x [b, l, embed]``; ``mask [b, 1, 1|l, l]`` bool; ``distance [b, 1, l, l]`` (ALiBi);
-        ``rope = (cos, sin)`` each ``[b, l, head_dim/2]`` -> ``[b, l | k, embed]``."""
+        ``rope = (cos, sin)`` each ``[b, l, head_dim/2]``; ``relative``: the encoder's
+        relative-position context (:mod:`jaxbert.models.layers.relative`, already at the kept
+        query rows) -> ``[b, l | k, embed]``."""
         cfg = self.config
         dt, pdt = cfg.compute_dtype, cfg.storage_dtype
         pre = cfg.norm_position == "pre"
@@ -357,6 +369,7 @@ class EncoderBlock(nn.Module):
         if cfg.position_embedding_type == "alibi":
             bias = pos_lib.alibi_bias(pos_lib.alibi_slopes(cfg.num_attention_heads), keep(distance, 2))
         query_rope = None if rope is None or not subset else (keep(rope[0]), keep(rope[1]))
+        bias, relative = relative_lib.merge_bias(relative, bias)
         attention = get_attention_kind(cfg.attention_kind)(
             num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim, dropout_rate=cfg.attention_probs_dropout_prob,
             use_bias=cfg.attention_bias, initializer_range=cfg.initializer_range,
@@ -364,7 +377,7 @@ class EncoderBlock(nn.Module):
             dot_general=get_dot_general(cfg.dot_general), name="attention")
         queries = keep(h) if subset else None
         h = attention(h, mask=keep(mask, 2), bias=bias, deterministic=deterministic, kv_prefix=kv_prefix,
-                      queries=queries, rope=rope, query_rope=query_rope)
+                      queries=queries, rope=rope, query_rope=query_rope, **relative)
         if subset:  # the kept rows of the residual stream (post-norm: the very rows the queries read)
             x = keep(x) if pre else queries
         h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
@@ -419,6 +432,7 @@ class Encoder(nn.Module):
         self.embeddings = EncoderEmbeddings(cfg)
         self.layers = block_stack(EncoderBlock, cfg, remat_static_argnums=(3, 4))
         self.embedding_extensions = extensions.embedding_modules(cfg)
+        self.relative_positions = relative_lib.build(cfg)
         if cfg.final_norm:
             self.final_norm = _norm(cfg, "final_norm")
         if cfg.add_pooling_layer:
@@ -481,12 +495,18 @@ class Encoder(nn.Module):
                 ropes[t] = pos_lib.rope_angles(positions, cfg.head_dim, cfg.rope_theta_for(t))
         # Heads that read only token 0 (the pooler, [CLS] classifiers): the last block runs for it alone.
         shortcut = first_token_only and cfg.first_token_shortcut and not unpadded
+        relative = last_relative = None
+        if self.relative_positions is not None:
+            relative = last_relative = self.relative_positions(positions, positions)
+            if shortcut or query_index is not None:  # the last block's queries are the kept tokens only
+                last_relative = self.relative_positions(
+                    select_queries(positions, query_index, 1, shortcut), positions)
         states = [x] if output_hidden_states else None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             t = layer_types[i]
             x = layer(x, masks[t], deterministic, shortcut and i == last, query_index if i == last else None,
-                      distance, ropes.get(t))
+                      distance, ropes.get(t), last_relative if i == last else relative)
             if output_hidden_states:
                 states.append(x)
         if cfg.final_norm:
